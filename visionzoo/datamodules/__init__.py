@@ -1,0 +1,20 @@
+"""Lightning DataModules. Classification ones share the contract in :mod:`._base`."""
+
+from __future__ import annotations
+
+from ._base import DEFAULT_DATA_CONFIG, DEFAULT_TRAIN_TRANSFORM, ClassificationDataModule
+from .digits import DigitsDataModule
+from .fake import FakeDataModule
+from .folder import IMG_EXTENSIONS, ImageFolderDataModule, ImageNetDataModule, UnreadableImageWarning
+
+__all__ = [
+    "ClassificationDataModule",
+    "DEFAULT_DATA_CONFIG",
+    "DEFAULT_TRAIN_TRANSFORM",
+    "DigitsDataModule",
+    "FakeDataModule",
+    "IMG_EXTENSIONS",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+    "UnreadableImageWarning",
+]

@@ -1,0 +1,5 @@
+"""LightningModules: one per task type."""
+
+from .classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]

@@ -1,0 +1,69 @@
+"""Optimizer and schedule construction shared by every task."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from timm.optim import create_optimizer_v2
+
+from ..errors import ConfigError
+from .schedules import Constant, WarmupCosine
+
+DEFAULT_OPTIMIZER: dict[str, Any] = {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05}
+DEFAULT_SCHEDULER: dict[str, Any] = {"name": "cosine", "warmup_epochs": 0, "warmup_ratio": 0.0, "min_ratio": 0.0}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any] | None) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2``: honours ``no_weight_decay`` and, with ``layer_decay``, ``group_matcher``.
+
+    timm's param-group builders skip parameters with ``requires_grad=False``, so frozen layers
+    never reach the optimizer.
+    """
+    kwargs = {**DEFAULT_OPTIMIZER, **(cfg or {})}
+    if kwargs.get("layer_decay") is None:
+        kwargs.pop("layer_decay", None)
+    if "betas" in kwargs and kwargs["betas"] is not None:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return create_optimizer_v2(model, **kwargs)
+
+
+def steps_per_epoch(trainer: L.Trainer) -> int:
+    """Optimizer steps in one epoch on this process (after limit_train_batches and accumulation)."""
+    _ = trainer.estimated_stepping_batches  # sets up the train dataloader and num_training_batches
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ConfigError("the training dataloader has no length; set trainer.max_steps and scheduler.name=constant.")
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, trainer: L.Trainer, cfg: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A per-step LambdaLR config for Lightning.
+
+    The schedule length is ``trainer.max_epochs`` epochs, not ``max_steps``: ``max_steps`` is a
+    stop (e.g. a pre-empted job), so a run stopped early and resumed follows the same curve as
+    one that never stopped. With ``max_epochs=-1`` the length is ``max_steps``.
+    """
+    cfg = {**DEFAULT_SCHEDULER, **(cfg or {})}
+    per_epoch = steps_per_epoch(trainer)
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        total = per_epoch * trainer.max_epochs
+    elif trainer.max_steps and trainer.max_steps > 0:
+        total = trainer.max_steps
+    else:
+        raise ConfigError("set trainer.max_epochs or trainer.max_steps so the LR schedule has a length.")
+    warmup = int(round(float(cfg["warmup_epochs"]) * per_epoch)) + int(cfg.get("warmup_steps", 0))
+    warmup = min(warmup, max(0, total - 1))
+    name = cfg["name"]
+    if name == "cosine":
+        fn = WarmupCosine(total, warmup, float(cfg["warmup_ratio"]), float(cfg["min_ratio"]))
+    elif name == "constant":
+        fn = Constant(warmup, float(cfg["warmup_ratio"]))
+    else:
+        raise ConfigError(f"unknown scheduler.name '{name}'; expected 'cosine' or 'constant'.")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}
