@@ -83,7 +83,7 @@ class ClassificationTask(L.LightningModule):
             loss = self.train_criterion(self(images), targets)
         self.train_loss(loss.detach())
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
-        if self.trainer is not None and self.trainer.optimizers:
+        if self._trainer is not None and self._trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
