@@ -32,5 +32,7 @@ def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
 def run_train_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in a subprocess, logs under ``cwd``."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={cwd / 'logs'}", *args]
+    flags = [a for a in args if a.startswith("-")]  # argparse wants Hydra's flags before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, f"paths.log_dir={cwd / 'logs'}", *overrides]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

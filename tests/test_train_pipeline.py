@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra_helpers import compose_cfg, run_train_cli
 from PIL import Image
 
-from hydra_helpers import compose_cfg, run_train_cli
 from visionzoo.train import run
 
 FAST = [
@@ -143,10 +143,12 @@ def test_missing_resume_checkpoint(tmp_path: Path) -> None:
 def test_multirun_over_two_learning_rates(tmp_path: Path) -> None:
     proc = run_train_cli(["-m", "model.optimizer.lr=1e-3,5e-4", "debug=fdr", "logger=csv"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted((tmp_path / "logs").rglob("multiruns/*/[0-9]*/.hydra/overrides.yaml"))
+    from omegaconf import OmegaConf
+
+    runs = sorted((tmp_path / "logs").rglob("multiruns/*/[0-9]*/.hydra/config.yaml"))
     assert len(runs) == 2
-    texts = [r.read_text() for r in runs]
-    assert any("lr=1e-3" in t for t in texts) and any("lr=5e-4" in t for t in texts)
+    assert {OmegaConf.load(r).model.optimizer.lr for r in runs} == {1e-3, 5e-4}
+    assert all((r.parent.parent / "metrics.json").is_file() for r in runs)
 
 
 @pytest.mark.slow
