@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 from hydra.utils import instantiate
-
 from hydra_helpers import CONF_DIR, compose_cfg
+
 from visionzoo.tasks import ClassificationTask
 from visionzoo.tasks.optim import build_optimizer
 from visionzoo.tasks.schedules import WarmupCosine
@@ -88,3 +88,33 @@ def test_every_config_in_group_composes(group: str, tmp_path: Path) -> None:
         assert cfg.model.name and cfg.data.task
         if group == "trainer" and path.stem in {"default", "cpu", "ddp_cpu"}:
             instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+
+
+def test_linear_lr_scaling_rule() -> None:
+    from visionzoo.tasks.optim import scaled_lr
+
+    cfg = scaled_lr({"opt": "adamw", "lr_base": 5e-4, "lr_base_size": 512, "weight_decay": 0.05}, 1024)
+    assert cfg["lr"] == pytest.approx(1e-3) and "lr_base" not in cfg
+    assert scaled_lr({"lr": 3e-4}, None) == {"lr": 3e-4}
+
+
+def test_schedule_absolute_lrs_and_cooldown(tmp_path: Path) -> None:
+    """warmup_lr/min_lr are absolute; the last cooldown epochs hold min_lr."""
+    from types import SimpleNamespace
+
+    from visionzoo.tasks.optim import build_scheduler
+
+    trainer = SimpleNamespace(estimated_stepping_batches=20, num_training_batches=4, accumulate_grad_batches=1,
+                              max_epochs=5, max_steps=-1)  # 4 steps per epoch
+    task = ClassificationTask(tiny_davit(), num_classes=10)
+    opt = torch.optim.SGD(task.parameters(), lr=1e-3)
+    sched = build_scheduler(opt, trainer, {"warmup_epochs": 1, "warmup_lr": 1e-6, "min_lr": 1e-5,
+                                           "cooldown_epochs": 2})["scheduler"]
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[4] == pytest.approx(1e-3)
+    assert lrs[12:] == pytest.approx([1e-5] * 8)  # cosine ends after 3 epochs, cooldown holds min

@@ -13,7 +13,29 @@ from ..errors import ConfigError
 from .schedules import Constant, WarmupCosine
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05}
-DEFAULT_SCHEDULER: dict[str, Any] = {"name": "cosine", "warmup_epochs": 0, "warmup_ratio": 0.0, "min_ratio": 0.0}
+DEFAULT_SCHEDULER: dict[str, Any] = {
+    "name": "cosine",
+    "warmup_epochs": 0,
+    "warmup_ratio": 0.0,
+    "min_ratio": 0.0,
+    "cooldown_epochs": 0,
+}
+
+
+def scaled_lr(cfg: dict[str, Any], global_batch_size: int | None) -> dict[str, Any]:
+    """Resolve ``lr_base`` (per ``lr_base_size`` images) into ``lr`` by the linear scaling rule.
+
+    Paper recipes state "5e-4 per 512 images"; the effective batch (per-device batch x devices x
+    nodes x accumulation) is only known once the trainer exists.
+    """
+    cfg = dict(cfg)
+    lr_base = cfg.pop("lr_base", None)
+    lr_base_size = cfg.pop("lr_base_size", 512)
+    if lr_base is not None:
+        if not global_batch_size:
+            raise ConfigError("optimizer.lr_base needs the batch size; set optimizer.lr instead.")
+        cfg["lr"] = float(lr_base) * global_batch_size / float(lr_base_size)
+    return cfg
 
 
 def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any] | None) -> torch.optim.Optimizer:
@@ -23,6 +45,7 @@ def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any] | None) -> torch
     never reach the optimizer.
     """
     kwargs = {**DEFAULT_OPTIMIZER, **(cfg or {})}
+    kwargs.pop("lr_base", None), kwargs.pop("lr_base_size", None)
     if kwargs.get("layer_decay") is None:
         kwargs.pop("layer_decay", None)
     if "betas" in kwargs and kwargs["betas"] is not None:
@@ -47,11 +70,19 @@ def build_scheduler(
     The schedule length is ``trainer.max_epochs`` epochs, not ``max_steps``: ``max_steps`` is a
     stop (e.g. a pre-empted job), so a run stopped early and resumed follows the same curve as
     one that never stopped. With ``max_epochs=-1`` the length is ``max_steps``.
+    ``warmup_lr`` / ``min_lr`` (absolute) override ``warmup_ratio`` / ``min_ratio``; the last
+    ``cooldown_epochs`` hold the minimum LR, as in timm's training script.
     """
     cfg = {**DEFAULT_SCHEDULER, **(cfg or {})}
+    base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    if cfg.get("warmup_lr") is not None:
+        cfg["warmup_ratio"] = float(cfg["warmup_lr"]) / base_lr
+    if cfg.get("min_lr") is not None:
+        cfg["min_ratio"] = float(cfg["min_lr"]) / base_lr
     per_epoch = steps_per_epoch(trainer)
     if trainer.max_epochs is not None and trainer.max_epochs > 0:
-        total = per_epoch * trainer.max_epochs
+        epochs = max(1, trainer.max_epochs - int(cfg["cooldown_epochs"]))
+        total = per_epoch * epochs
     elif trainer.max_steps and trainer.max_steps > 0:
         total = trainer.max_steps
     else:
