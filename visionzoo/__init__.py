@@ -6,8 +6,10 @@ works afterwards.
 
 from __future__ import annotations
 
-from . import _compat  # noqa: F401  (side effect: fixes for pinned third-party versions)
-from . import models  # noqa: F401  (side effect: registration)
+from . import (
+    _compat,  # noqa: F401  (side effect: fixes for pinned third-party versions)
+    models,  # noqa: F401  (side effect: registration)
+)
 from .models import zoo_model_names
 
 __version__ = "0.1.0"
