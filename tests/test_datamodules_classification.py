@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from visionzoo.datamodules import (
     DigitsDataModule,
@@ -20,6 +20,7 @@ from visionzoo.datamodules import (
     ImageNetDataModule,
     UnreadableImageWarning,
 )
+from visionzoo.datamodules.samplers import EpochShuffleSampler
 from visionzoo.errors import ConfigError, DatasetError
 
 CLASSES = ["n02", "n01", "n03"]  # written unsorted on purpose: labels follow the sorted order
@@ -145,7 +146,13 @@ def test_train_loader_shuffle_drop_last_and_workers(folder: Path) -> None:
     dm.set_data_config(MODEL_CFG)
     dm.setup("fit")
     train = dm.train_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last  # 12 samples > 4
+    assert isinstance(train.sampler, EpochShuffleSampler) and train.drop_last  # 12 samples > 4
+    train.sampler.set_epoch(0)
+    first = list(train.sampler)
+    train.sampler.set_epoch(1)
+    assert sorted(first) == list(range(12)) and list(train.sampler) != first
+    train.sampler.set_epoch(0)
+    assert list(train.sampler) == first  # the order depends on (seed, epoch) only
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert not dm.val_dataloader().drop_last
     big = ImageFolderDataModule(root=folder, batch_size=16, num_workers=0)

@@ -1,0 +1,80 @@
+"""Small timing / memory helpers for CPU benchmarks on a shared, noisy machine.
+
+* :func:`interleaved` runs the candidates A B A B ... in one process and reports medians, so slow phases of the
+  machine hit every candidate alike.
+* :func:`peak_alloc_bytes` measures the peak of torch's *own* CPU allocations during one call, from the
+  profiler's allocation/free events (``profile_memory=True``): the running sum of allocated minus freed bytes,
+  in time order, relative to what was live before the call. It counts every tensor torch allocates (activations,
+  temporaries, gradients) and nothing else (no Python objects, no allocator caching, no RSS noise from other
+  processes) -- the CPU analogue of ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["interleaved", "peak_alloc_bytes", "gemm_flops", "cpu_model"]
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
+) -> dict[str, dict]:
+    """Time each candidate ``rounds`` times, interleaved (A B A B ...). Returns per name: median / min / all (s)."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: dict(median=statistics.median(ts), min=min(ts), all=ts) for name, ts in times.items()}
+
+
+def peak_alloc_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak extra bytes torch allocated on the CPU while ``fn()`` ran (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:  # private API moved: report nothing rather than something wrong
+        return None
+    mem = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in events
+        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
+    )
+    live = peak = 0
+    for _, nbytes in mem:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def gemm_flops(n: int = 2048, rounds: int = 7) -> float:
+    """Median fp32 FLOP/s of an ``n x n`` by ``n x n`` matmul (2 n^3 FLOPs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    res = interleaved({"mm": lambda: torch.mm(a, b, out=out)}, rounds=rounds, warmup=2)
+    return 2 * n**3 / res["mm"]["median"]
+
+
+def cpu_model() -> str:
+    """The ``Model name`` line of ``lscpu`` (falls back to platform.processor())."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"

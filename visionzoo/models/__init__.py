@@ -1,0 +1,6 @@
+"""Zoo model families. Importing this package registers every family with timm."""
+
+from . import biformer  # noqa: F401
+from ._registry import NameCollisionError, register_zoo_model, zoo_model_names
+
+__all__ = ["NameCollisionError", "register_zoo_model", "zoo_model_names"]
