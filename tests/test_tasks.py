@@ -118,3 +118,16 @@ def test_schedule_absolute_lrs_and_cooldown(tmp_path: Path) -> None:
     assert lrs[0] == pytest.approx(1e-6)
     assert lrs[4] == pytest.approx(1e-3)
     assert lrs[12:] == pytest.approx([1e-5] * 8)  # cosine ends after 3 epochs, cooldown holds min
+
+
+def test_model_spec_passes_datamodule_channels(tmp_path: Path) -> None:
+    """Multi-modal inputs (e.g. 4-channel MSD BrainTumour MRI) reach the model's stem."""
+    from visionzoo.train import build_model, model_spec
+
+    cfg = compose_cfg(["model=davit_digits"], tmp_path)
+    assert "in_chans" not in model_spec(cfg, 10, "classification", 3)["kwargs"]
+    assert model_spec(cfg, 10, "classification", 4)["kwargs"]["in_chans"] == 4
+    model = build_model(cfg, 10, "classification", 4)
+    assert model(torch.randn(1, 4, 32, 32)).shape == (1, 10)
+    dense = model_spec(compose_cfg(["model=biformer_digits"], tmp_path), 3, "segmentation", 2)
+    assert dense["type"] == "dense" and dense["backbone_kwargs"]["in_chans"] == 2

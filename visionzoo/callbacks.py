@@ -1,4 +1,4 @@
-"""Lightning callbacks that give every run the same outputs: curves, seeding, summaries."""
+"""Lightning callbacks that give every run the same outputs: curves, seeding, summaries, segmentation pictures."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class TrainingCurves(L.Callback):
     def _record(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
         for key, value in trainer.callback_metrics.items():
             if not key.startswith(prefixes) or key.endswith("_step") or "lr" in key:
+                continue
+            if key.count("/") > 1:  # per-class values (val/IoU/<class>): too many lines for one panel
                 continue
             name = key.removesuffix("_epoch")
             points = self.history[name]
@@ -88,3 +90,105 @@ class TrainingCurves(L.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+class SegmentationOverlays(L.Callback):
+    """Each validation epoch, save a grid of image / ground truth / prediction overlays.
+
+    Rows are the first ``num_images`` validation images; columns the image, the ground-truth overlay and the
+    predicted overlay (at the network resolution; tiles under ``min_size`` px high are enlarged). Written to ``<run dir>/<dirname>/epoch_XXX.png`` and, when a
+    TensorBoardLogger is attached, as the image ``val/overlays``. Does nothing for tasks other than
+    segmentation (so it can sit in the default callbacks). Predictions come from the ``"preds"`` entry that
+    :class:`~visionzoo.tasks.SegmentationTask`'s ``validation_step`` returns.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 4,
+        every_n_epochs: int = 1,
+        alpha: float = 0.5,
+        dirname: str = "val_overlays",
+        min_size: int = 128,
+    ) -> None:
+        self.num_images = num_images
+        self.min_size = min_size
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.alpha = alpha
+        self.dirname = dirname
+        self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return (
+            getattr(pl_module, "task", None) == "segmentation"
+            and not trainer.sanity_checking
+            and trainer.current_epoch % self.every_n_epochs == 0
+        )
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if len(self._rows) >= self.num_images or not self._active(trainer, pl_module):
+            return
+        if not isinstance(outputs, dict) or "preds" not in outputs or not isinstance(batch, dict):
+            return
+        for image, mask, pred in zip(batch["image"], batch["mask"], outputs["preds"]):
+            if len(self._rows) >= self.num_images:
+                break
+            self._rows.append((image.detach().cpu(), mask.detach().cpu(), pred.detach().cpu()))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._rows or not self._active(trainer, pl_module):
+            return
+        grid = self.make_grid(pl_module)
+        self._rows = []
+        self._save(trainer, grid)
+
+    def make_grid(self, pl_module: L.LightningModule) -> np.ndarray:
+        """The ``H×W×3`` uint8 grid: one row per kept image (image | ground truth | prediction), 4 px gaps."""
+        from .overlays import denormalize, overlay, to_rgb
+
+        cfg = getattr(pl_module, "data_config", None) or {}
+        k = int(pl_module.num_classes)
+        ignore = getattr(pl_module, "ignore_index", None)
+        rows = []
+        for image, mask, pred in self._rows:
+            picture = denormalize(image, cfg.get("mean"), cfg.get("std"), cfg.get("normalize", "mean_std"))
+            picture = to_rgb(picture, cfg.get("color_space", "RGB"))
+            clear_bg = bool(getattr(pl_module, "has_background", False)) or k <= 2  # class 0 "background" uncoloured
+            tiles = [picture, overlay(picture, mask, k, self.alpha, ignore, clear_bg),
+                     overlay(picture, pred, k, self.alpha, ignore, clear_bg)]
+            scale = -(-self.min_size // picture.shape[0])  # small inputs (e.g. 64 px) are enlarged, nearest
+            if scale > 1:
+                tiles = [t.repeat(scale, axis=0).repeat(scale, axis=1) for t in tiles]
+            rows.append(np.concatenate(_with_gaps(tiles, axis=1), axis=1))
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+        return np.concatenate(_with_gaps(rows, axis=0), axis=0)
+
+    @rank_zero_only
+    def _save(self, trainer: L.Trainer, grid: np.ndarray) -> None:
+        from PIL import Image
+
+        path = Path(trainer.default_root_dir) / self.dirname / f"epoch_{trainer.current_epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/overlays", grid, trainer.global_step, dataformats="HWC")
+
+
+def _with_gaps(tiles: list[np.ndarray], axis: int, gap: int = 4) -> list[np.ndarray]:
+    """Interleave white strips between ``tiles`` along ``axis`` (1: side by side, 0: stacked)."""
+    out: list[np.ndarray] = []
+    for i, tile in enumerate(tiles):
+        if i:
+            shape = list(tile.shape)
+            shape[axis] = gap
+            out.append(np.full(shape, 255, dtype=np.uint8))
+        out.append(tile)
+    return out

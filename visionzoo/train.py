@@ -15,10 +15,10 @@ import lightning as L
 import timm
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from .errors import ConfigError
-from .tasks import ClassificationTask
+from .tasks import ClassificationTask, SegmentationTask
 
 log = logging.getLogger("visionzoo")
 
@@ -59,21 +59,106 @@ def check_model_data_pairing(cfg: DictConfig) -> str:
         )
     if data_task not in {"classification"} and data_task not in _TASK_BUILDERS:
         raise ConfigError(f"the '{data_task}' task is not available in this version of visionzoo.")
+    if data_task == "segmentation" and task == "classification":
+        from .heads import HEADS
+
+        if str(head).lower() not in HEADS or str(head).lower() == "fcn":
+            raise ConfigError(f"model.head '{head}' is unknown; expected upernet or fpn (or a segmentation model).")
     return data_task
+
+
+#: keys of a data config that configure the task, not the DataModule: popped before instantiation unless the
+#: DataModule's constructor takes them (the segmentation DataModules keep ``metrics`` as hints)
+TASK_KEYS_IN_DATA = ("metrics", "loss", "inference", "optimized_metric")
+
+
+def _accepted_kwargs(target: str) -> set[str] | None:
+    """Keyword names the ``_target_`` class accepts, following ``**kwargs`` up its MRO (``None``: unknown)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    classes = obj.__mro__ if isinstance(obj, type) else (obj,)
+    names: set[str] = set()
+    for cls in classes:
+        init = cls.__init__ if isinstance(cls, type) else cls
+        try:
+            params = inspect.signature(init).parameters
+        except (ValueError, TypeError):
+            return None
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     data_cfg.pop("task", None)
+    accepted = _accepted_kwargs(str(data_cfg.get("_target_", "")))
+    for key in TASK_KEYS_IN_DATA:
+        if accepted is None or key not in accepted:
+            data_cfg.pop(key, None)
     datamodule = instantiate(data_cfg, _convert_="all")
+    served = getattr(datamodule, "task", None)
+    if served is not None and served != cfg.data.task:
+        raise ConfigError(
+            f"model '{cfg.model.name}' cannot train on {type(datamodule).__name__}: data.task says "
+            f"'{cfg.data.task}' but that DataModule serves {served}; pick a {cfg.data.task} dataset."
+        )
     datamodule.check()
     return datamodule
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    kwargs: dict[str, Any] = OmegaConf.to_container(cfg.model.get("kwargs") or {}, resolve=True)
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def model_spec(
+    cfg: DictConfig, num_classes: int, data_task: str = "classification", in_chans: int = 3
+) -> dict[str, Any]:
+    """What to build, as a plain dict (stored in segmentation checkpoints, see
+    :func:`visionzoo.models.dense.build_from_spec`).
+
+    A classifier on a segmentation set becomes a :class:`~visionzoo.models.dense.DenseSegmenter`: backbone
+    ``model.name`` with ``model.kwargs`` updated by ``model.dense_kwargs``, head ``model.head`` with
+    ``model.head_kwargs``, auxiliary head ``model.aux_head`` (its ``weight`` goes to the task).
+    """
+    kwargs: dict[str, Any] = _container(cfg.model.get("kwargs")) or {}
+    if in_chans != 3:  # e.g. multi-modal MRI; timm adapts pretrained stems to it
+        kwargs.setdefault("in_chans", in_chans)
+    name = cfg.model.name
+    if data_task == "segmentation" and model_task(name) == "classification":
+        kwargs.update(_container(cfg.model.get("dense_kwargs")) or {})
+        pretrained = bool(kwargs.pop("pretrained", False))
+        for key in ("num_classes", "drop_rate", "global_pool"):
+            kwargs.pop(key, None)
+        aux = _container(cfg.model.get("aux_head"))
+        aux = {k: v for k, v in aux.items() if k != "weight"} if aux else None
+        return {
+            "type": "dense",
+            "backbone": name,
+            "head": str(cfg.model.head).lower(),
+            "num_classes": num_classes,
+            "backbone_kwargs": kwargs,
+            "head_kwargs": _container(cfg.model.get("head_kwargs")) or {},
+            "aux_head": aux,
+            "pretrained": pretrained,
+        }
     kwargs.setdefault("num_classes", num_classes)
-    return timm.create_model(cfg.model.name, **kwargs)
+    return {"type": "timm", "name": name, "kwargs": kwargs}
+
+
+def build_model(
+    cfg: DictConfig, num_classes: int, data_task: str = "classification", in_chans: int = 3
+) -> torch.nn.Module:
+    from .models.dense import build_from_spec
+
+    return build_from_spec(model_spec(cfg, num_classes, data_task, in_chans))
 
 
 def build_classification_task(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> L.LightningModule:
@@ -90,7 +175,72 @@ def build_classification_task(cfg: DictConfig, model: torch.nn.Module, num_class
     )
 
 
-_TASK_BUILDERS = {"classification": build_classification_task}
+def _task_setting(cfg: DictConfig, key: str) -> Any:
+    """A task setting from the model config, else the data config (a model's own loss beats the dataset's)."""
+    value = cfg.model.get(key)
+    if value is None:
+        value = cfg.data.get(key)
+    return _container(value)
+
+
+def build_segmentation_task(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    num_classes: int,
+    datamodule: L.LightningDataModule | None = None,
+) -> L.LightningModule:
+    m = cfg.model
+    aux = _container(m.get("aux_head")) or {}
+    has_aux = getattr(model, "aux_head", None) is not None
+    data_config = _data_config_for_task(model, datamodule)
+    return SegmentationTask(
+        model,
+        num_classes=num_classes,
+        class_names=list(getattr(datamodule, "class_names", None) or []) or None,
+        ignore_index=getattr(datamodule, "ignore_index", None),
+        loss=_task_setting(cfg, "loss"),
+        aux_weight=float(aux.get("weight", 0.4)) if has_aux else 0.0,
+        optimizer=_container(m.get("optimizer")),
+        scheduler=_container(m.get("scheduler")),
+        inference=_task_setting(cfg, "inference"),
+        metrics=list(getattr(datamodule, "metrics", None) or _container(cfg.data.get("metrics")) or []),
+        model_spec=model_spec(cfg, num_classes, "segmentation", int(getattr(datamodule, "in_chans", 3))),
+        data_config=data_config,
+        compile=bool(cfg.get("compile", False)),
+    )
+
+
+def _data_config_for_task(model: torch.nn.Module, datamodule: Any) -> dict[str, Any]:
+    """Mean/std the images are normalised with and the network input size (for pictures and predict.py)."""
+    cfg = dict(timm.data.resolve_model_data_config(model))
+    dm_cfg = getattr(datamodule, "data_config", None)
+    if isinstance(dm_cfg, dict):
+        cfg.update({k: v for k, v in dm_cfg.items() if v is not None})
+    size = getattr(datamodule, "image_size", None)
+    if size is not None:
+        size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)[-2:]
+        cfg["input_size"] = (int(getattr(datamodule, "in_chans", 3)), *size)
+    out = {
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "input_size": [int(v) for v in cfg["input_size"]],
+        "normalize": "mean_std",
+        "color_space": str(getattr(datamodule, "color_space", "RGB")),
+    }
+    build_normalizer = getattr(datamodule, "build_normalizer", None)
+    if callable(build_normalizer):  # the segmentation DataModules' Normalizer: mode and the mean/std it uses
+        normalizer = build_normalizer()
+        out["normalize"] = str(getattr(normalizer, "mode", "mean_std"))
+        for key in ("mean", "std"):
+            if getattr(normalizer, key, None) is not None:
+                out[key] = [float(v) for v in list(getattr(normalizer, key))]
+    return out
+
+
+_TASK_BUILDERS = {"classification": build_classification_task, "segmentation": build_segmentation_task}
+
+#: what a task is judged by when the config keeps the classification default ``val/acc1``
+_DEFAULT_OPTIMIZED_METRIC = {"segmentation": "val/mIoU"}
 
 
 def _instantiate_group(node: DictConfig | None) -> list[Any]:
@@ -119,9 +269,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None and hasattr(datamodule, "shuffle_seed"):
         datamodule.shuffle_seed = int(cfg.seed)
     num_classes = int(datamodule.num_classes)
-    model = build_model(cfg, num_classes)
+    model = build_model(cfg, num_classes, data_task, int(getattr(datamodule, "in_chans", 3)))
     datamodule.set_data_config(timm.data.resolve_model_data_config(model))
-    task = _TASK_BUILDERS[data_task](cfg, model, num_classes)
+    if data_task == "classification":
+        task = build_classification_task(cfg, model, num_classes)
+    else:
+        task = _TASK_BUILDERS[data_task](cfg, model, num_classes, datamodule)
+    _set_optimized_metric(cfg, data_task, datamodule)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
@@ -146,6 +300,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _set_optimized_metric(cfg: DictConfig, data_task: str, datamodule: Any = None) -> None:
+    """The metric the best checkpoint is chosen by, when the config leaves the classification default ``val/acc1``.
+
+    Segmentation: the first of the data's metric hints (``data.metrics``) that names one -- ``dice`` ->
+    ``val/mDice``, ``iou`` -> ``val/mIoU`` -- else ``val/mIoU``. A data config's ``optimized_metric`` or the
+    command line's ``optimized_metric=...`` always win.
+    """
+    default = _DEFAULT_OPTIMIZED_METRIC.get(data_task)
+    if default is None or cfg.get("optimized_metric") not in (None, "val/acc1"):
+        return
+    hints = list(getattr(datamodule, "metrics", None) or _container(cfg.data.get("metrics")) or [])
+    by_hint = {"dice": "val/mDice", "mdice": "val/mDice", "iou": "val/mIoU", "miou": "val/mIoU"}
+    default = next((by_hint[str(h).lower()] for h in hints if str(h).lower() in by_hint), default)
+    with open_dict(cfg):
+        cfg.optimized_metric = default
+    log.info("optimized_metric for %s: %s", data_task, default)
+
+
 def _report(trainer: L.Trainer, metrics: dict[str, float]) -> None:
     """Write metrics.json, print a table and say where the checkpoints and logs are (rank 0 only)."""
     if trainer.global_rank != 0:
@@ -160,10 +332,16 @@ def _report(trainer: L.Trainer, metrics: dict[str, float]) -> None:
     table = Table(title="final metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    per_class = 0
     for key, value in sorted(metrics.items()):
         if key.endswith("_step"):
             continue
+        if key.count("/") > 1:  # per-class values (val/IoU/<class>): in metrics.json, not the console
+            per_class += 1
+            continue
         table.add_row(key, f"{value:.4g}")
+    if per_class:
+        table.caption = f"+ {per_class} per-class values in metrics.json"
     console = Console()
     console.print(table)
     ckpt_cb = trainer.checkpoint_callback

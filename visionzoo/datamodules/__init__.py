@@ -1,4 +1,5 @@
-"""Lightning DataModules. Classification ones share the contract in :mod:`._base`."""
+"""Lightning DataModules. Classification ones share the contract in :mod:`._base`, segmentation ones
+the contract in :mod:`.segmentation._base`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from ._base import DEFAULT_DATA_CONFIG, DEFAULT_TRAIN_TRANSFORM, ClassificationD
 from .digits import DigitsDataModule
 from .fake import FakeDataModule
 from .folder import IMG_EXTENSIONS, ImageFolderDataModule, ImageNetDataModule, UnreadableImageWarning
+from .segmentation import *  # noqa: F403  (segmentation DataModules, listed in segmentation.__all__)
+from .segmentation import __all__ as _segmentation_all
 
 __all__ = [
     "ClassificationDataModule",
@@ -17,4 +20,5 @@ __all__ = [
     "ImageFolderDataModule",
     "ImageNetDataModule",
     "UnreadableImageWarning",
+    *_segmentation_all,
 ]

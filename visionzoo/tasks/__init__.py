@@ -1,5 +1,6 @@
 """LightningModules: one per task type."""
 
 from .classification import ClassificationTask
+from .segmentation import SegmentationTask
 
-__all__ = ["ClassificationTask"]
+__all__ = ["ClassificationTask", "SegmentationTask"]

@@ -1,0 +1,58 @@
+"""2018 Data Science Bowl, stage 1 training set (nuclei), binary (background, nucleus).
+
+Layout of ``stage1_train.zip`` extracted into ``data.root/stage1_train`` (or as ``data.root``)::
+
+    stage1_train/<id>/images/<id>.png     RGBA (alpha dropped), 670 images of varied sizes
+    stage1_train/<id>/masks/<mask_id>.png one binary mask per nucleus instance: OR-merged
+
+Split as in QTSeg: ids sorted, 5 contiguous folds of 134 (``split_seed: null``); test = validation fold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...errors import DatasetError
+from ._base import KFoldMixin, SegmentationDataModule, SegSample, list_files, locate
+
+
+class DSB2018DataModule(KFoldMixin, SegmentationDataModule):
+    dataset_name = "DSB 2018 stage 1"
+
+    def __init__(
+        self, root=None, fold: int = 0, num_folds: int = 5, split_seed: int | None = None, **kwargs
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        self._init_folds(fold, num_folds, split_seed)
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["background", "nucleus"]
+
+    def _layout(self) -> str:
+        return "ROOT/stage1_train/<id>/images/<id>.png with instance masks ROOT/stage1_train/<id>/masks/*.png"
+
+    def _discover(self, root: Path) -> dict[str, list[SegSample]]:
+        base = root / "stage1_train" if (root / "stage1_train").is_dir() else root
+        if locate(base, "images") is None:
+            raise DatasetError(f"folder '{base}' holds no '<id>/images/' folder: expected {self._layout()}.")
+        with os.scandir(base) as it:
+            ids = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        samples = []
+        for sid in ids:
+            folder = base / sid
+            if not (folder / "images").is_dir():
+                continue
+            images = list_files(folder / "images", (".png",))
+            if not images:
+                raise DatasetError(
+                    f"folder '{folder / 'images'}' holds no .png image: expected {self._layout()}."
+                )
+            masks = list_files(folder / "masks", (".png",)) if (folder / "masks").is_dir() else []
+            if not masks:
+                raise DatasetError(
+                    f"sample '{folder}' has no instance mask in '{folder / 'masks'}': expected {self._layout()}."
+                )
+            samples.append(SegSample(sid, str(images[0]), tuple(str(m) for m in masks)))
+        return self._folds(samples, str(base))
