@@ -1,6 +1,10 @@
 """Zoo model families. Importing this package registers every family with timm."""
 
-from . import biformer  # noqa: F401
+from . import (
+    biformer,  # noqa: F401
+    herseg,  # noqa: F401
+    qtseg,  # noqa: F401
+)
 from ._registry import NameCollisionError, register_zoo_model, zoo_model_names
 
 __all__ = ["NameCollisionError", "register_zoo_model", "zoo_model_names"]
