@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from . import (
     _compat,  # noqa: F401  (side effect: fixes for pinned third-party versions)
+    hub,
     models,  # noqa: F401  (side effect: registration)
 )
+from .hub import save_pretrained
 from .models import zoo_model_names
+
+hub.install()  # timm's load_pretrained -> visionzoo.hub for zoo models only (download, verify, clear errors)
 
 __version__ = "0.1.0"
 
@@ -28,4 +32,4 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
     return names
 
 
-__all__ = ["list_models", "__version__"]
+__all__ = ["list_models", "save_pretrained", "__version__"]

@@ -560,9 +560,11 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "paper_name": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
         "origin_url": "https://github.com/rayleizhu/BiFormer",
         "notes": (
-            "Official ImageNet-1k weights (OneDrive API share link from the official README). The link was "
-            "reported broken in rayleizhu/BiFormer#53; all three URLs end in '/content', so torch.hub caches them "
-            "under the same file name -- download manually and pass pretrained_cfg_overlay=dict(file=...)."
+            "Official ImageNet-1k weights (OneDrive API share link from the official README), not pinned yet "
+            "(add '#sha256=<hex>' to the URL once a download is verified). The link was reported broken in "
+            "rayleizhu/BiFormer#53. All three URLs end in '/content'; visionzoo.hub caches each under its own name "
+            "('<arch>.<tag>-<url8>-content', see `visionzoo info`). Offline: place the file there, or set "
+            "VISIONZOO_WEIGHTS_URL to a mirror, or pass pretrained_cfg_overlay=dict(file=...)."
         ),
         **kwargs,
     }

@@ -1,0 +1,113 @@
+"""``visionzoo export``: ONNX (checked in onnxruntime), torch.export, TorchScript where a model supports it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from visionzoo.cli import main
+from visionzoo.export import scriptable
+
+SMALL = ["depths=[1,1,1,1]", "embed_dims=[32,64,128,256]", "num_classes=10"]
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_biformer_onnx_checked_in_onnxruntime(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "biformer.onnx"
+    code, stdout, err = run(
+        capsys, "export", "biformer_tiny", "--format", "onnx", "--check", "--size", "224", "--kwargs", *SMALL,
+        "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert out.is_file() and result["bytes"] == out.stat().st_size
+    # checked on a batch of 2 although exported with batch 1: the batch axis is dynamic
+    assert result["check"]["passed"] and result["check"]["rel_error"] < 1e-4
+
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"TopK", "Gather"} <= ops  # routing: top-k regions, index_select of their keys/values
+
+
+def test_biformer_onnx_table(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    code, stdout, _ = run(
+        capsys, "export", "biformer_tiny", "--format", "onnx", "--check", "--size", "112", "--kwargs", *SMALL,
+        "--output", str(tmp_path / "m.onnx"),
+    )  # fmt: skip
+    assert code == 0 and "passed (onnxruntime vs eager" in stdout
+
+
+def test_biformer_torch_export(capsys, tmp_path):
+    out = tmp_path / "biformer.pt2"
+    code, stdout, err = run(
+        capsys, "export", "biformer_tiny", "--format", "torch_export", "--check", "--size", "112", "--kwargs",
+        *SMALL, "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["check"]["passed"] and result["dynamic_batch"]
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(3, 3, 112, 112)).shape == (3, 10)
+
+
+def test_biformer_torchscript_says_why_not(capsys, tmp_path):
+    assert not scriptable("biformer_tiny")
+    code, stdout, err = run(
+        capsys, "export", "biformer_tiny", "--format", "torchscript", "--output", str(tmp_path / "x.pt")
+    )
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "cannot be exported to TorchScript" in err and "onnx" in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_torchscript_for_a_scriptable_model(capsys, tmp_path):
+    """The TorchScript path itself, on a timm model that scripts (the CLI takes timm's names too)."""
+    out = tmp_path / "r.pt"
+    code, stdout, err = run(
+        capsys, "export", "resnet10t", "--format", "torchscript", "--check", "--size", "64",
+        "--kwargs", "num_classes=5", "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["check"]["passed"]
+    assert torch.jit.load(str(out))(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_export_with_checkpoint(capsys, tmp_path):
+    import timm
+
+    model = timm.create_model(
+        "biformer_tiny", depths=[1, 1, 1, 1], embed_dims=[32, 64, 128, 256], num_classes=10
+    )
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "w.pt2"
+    code, _, err = run(
+        capsys, "export", "biformer_tiny", "--format", "torch_export", "--checkpoint", str(tmp_path / "w.pth"),
+        "--kwargs", "depths=[1,1,1,1]", "embed_dims=[32,64,128,256]", "--size", "112", "--output", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(torch.export.load(str(out)).module()(x), model.eval()(x), atol=1e-5)
+
+
+def test_default_output_name(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(
+        capsys, "export", "biformer_tiny", "--format", "torch_export", "--size", "112", "--kwargs", *SMALL
+    )
+    assert code == 0, err
+    assert Path(tmp_path / "biformer_tiny.pt2").is_file()
