@@ -192,3 +192,28 @@ def _with_gaps(tiles: list[np.ndarray], axis: int, gap: int = 4) -> list[np.ndar
             out.append(np.full(shape, 255, dtype=np.uint8))
         out.append(tile)
     return out
+
+
+class FreezeSubmodule(L.Callback):
+    """Keep ``model.<submodule>`` frozen for the first ``epochs`` epochs, then train it.
+
+    Used for QTSeg's recipe (the pretrained encoder is frozen while the official 1-based epoch
+    counter is below 50, i.e. for 49 epochs). Gradients are switched off rather than the
+    parameters removed from the optimizer, as the official code does: the optimizer keeps every
+    parameter and AdamW skips those without a gradient, so the LR schedule is shared by all.
+    """
+
+    def __init__(self, submodule: str = "encoder", epochs: int = 49) -> None:
+        self.submodule = submodule
+        self.epochs = epochs
+
+    def _target(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        model = getattr(pl_module, "model", pl_module)
+        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+        target = model.get_submodule(self.submodule) if self.submodule else model
+        return target
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        frozen = trainer.current_epoch < self.epochs
+        for param in self._target(pl_module).parameters():
+            param.requires_grad_(not frozen)

@@ -10,7 +10,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from ..errors import ConfigError
-from .schedules import Constant, WarmupCosine
+from .schedules import Constant, ExponentialDecay, PolyDecay, StepDecay, WarmupCosine
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05}
 DEFAULT_SCHEDULER: dict[str, Any] = {
@@ -46,8 +46,8 @@ def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any] | None) -> torch
     """
     kwargs = {**DEFAULT_OPTIMIZER, **(cfg or {})}
     kwargs.pop("lr_base", None), kwargs.pop("lr_base_size", None)
-    if kwargs.get("layer_decay") is None:
-        kwargs.pop("layer_decay", None)
+    # null in a config means "the optimizer's default" (e.g. an SGD override of an AdamW model config)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if "betas" in kwargs and kwargs["betas"] is not None:
         kwargs["betas"] = tuple(kwargs["betas"])
     return create_optimizer_v2(model, **kwargs)
@@ -94,7 +94,15 @@ def build_scheduler(
         fn = WarmupCosine(total, warmup, float(cfg["warmup_ratio"]), float(cfg["min_ratio"]))
     elif name == "constant":
         fn = Constant(warmup, float(cfg["warmup_ratio"]))
+    elif name == "step":  # StepLR per epoch: lr x gamma every step_epochs
+        fn = StepDecay(per_epoch, int(cfg.get("step_epochs", 30)), float(cfg.get("gamma", 0.1)), float(cfg["min_ratio"]))
+    elif name == "exponential":  # ExponentialLR per epoch
+        fn = ExponentialDecay(per_epoch, float(cfg.get("gamma", 0.98)), float(cfg["min_ratio"]))
+    elif name == "poly":
+        fn = PolyDecay(total, float(cfg.get("power", 0.9)), warmup, float(cfg["warmup_ratio"]), float(cfg["min_ratio"]))
     else:
-        raise ConfigError(f"unknown scheduler.name '{name}'; expected 'cosine' or 'constant'.")
+        raise ConfigError(
+            f"unknown scheduler.name '{name}'; expected one of cosine, constant, step, exponential, poly."
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}

@@ -42,3 +42,46 @@ class Constant:
         if self.warmup_steps > 0 and step < self.warmup_steps:
             return self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
         return 1.0
+
+
+@dataclass
+class StepDecay:
+    """``gamma ** (epoch // step_epochs)`` (PyTorch ``StepLR`` stepped per epoch), floored at ``min_ratio``."""
+
+    steps_per_epoch: int
+    step_epochs: int
+    gamma: float
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        epoch = step // max(1, self.steps_per_epoch)
+        return max(self.min_ratio, self.gamma ** (epoch // max(1, self.step_epochs)))
+
+
+@dataclass
+class ExponentialDecay:
+    """``gamma ** epoch`` (PyTorch ``ExponentialLR`` stepped per epoch), floored at ``min_ratio``."""
+
+    steps_per_epoch: int
+    gamma: float
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return max(self.min_ratio, self.gamma ** (step // max(1, self.steps_per_epoch)))
+
+
+@dataclass
+class PolyDecay:
+    """``(1 - step / total) ** power`` after an optional linear warm-up (mmseg / nnU-Net style)."""
+
+    total_steps: int
+    power: float = 0.9
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
+        progress = min(1.0, step / max(1, self.total_steps))
+        return max(self.min_ratio, (1.0 - progress) ** self.power)
