@@ -111,3 +111,14 @@ def test_default_output_name(capsys, tmp_path, monkeypatch):
     )
     assert code == 0, err
     assert Path(tmp_path / "biformer_tiny.pt2").is_file()
+
+
+def test_qtseg_onnx_checked_in_onnxruntime(capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "qtseg.onnx"
+    code, stdout, err = run(
+        capsys, "export", "qtseg", "--format", "onnx", "--check", "--size", "64", "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["check"]["passed"] and result["check"]["rel_error"] < 1e-4
