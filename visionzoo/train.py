@@ -271,7 +271,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     num_classes = int(datamodule.num_classes)
     model = build_model(cfg, num_classes, data_task, int(getattr(datamodule, "in_chans", 3)))
     datamodule.set_data_config(timm.data.resolve_model_data_config(model))
-    if data_task == "classification":
+    if data_task == "classification" and cfg.model.get("task") == "distillation":
+        from .tasks.distillation import build_distillation_task
+
+        task = build_distillation_task(cfg, model, num_classes)
+    elif data_task == "classification":
         task = build_classification_task(cfg, model, num_classes)
     else:
         task = _TASK_BUILDERS[data_task](cfg, model, num_classes, datamodule)

@@ -4,6 +4,8 @@ from . import (
     biformer,  # noqa: F401
     herseg,  # noqa: F401
     qtseg,  # noqa: F401
+    sparsifiner,  # noqa: F401
+    vit_llm,  # noqa: F401
 )
 from ._registry import NameCollisionError, register_zoo_model, zoo_model_names
 
