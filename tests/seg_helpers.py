@@ -23,7 +23,9 @@ def make_sample(rng: np.random.Generator, num_classes: int, h: int, w: int) -> t
         y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
         y1, x1 = y0 + int(rng.integers(h // 4, h // 2)), x0 + int(rng.integers(w // 4, w // 2))
         mask[y0:y1, x0:x1] = c
-        image[:, y0:y1, x0:x1] = np.asarray([(c * 0.37) % 1.0, (c * 0.61) % 1.0, 0.9], np.float32)[:, None, None]
+        image[:, y0:y1, x0:x1] = np.asarray([(c * 0.37) % 1.0, (c * 0.61) % 1.0, 0.9], np.float32)[
+            :, None, None
+        ]
     return image, mask
 
 
@@ -47,7 +49,9 @@ class _Split(Dataset):
         size = (self.dm.image_size, self.dm.image_size)
         img = F.interpolate(torch.from_numpy(image)[None], size=size, mode="bilinear", align_corners=False)[0]
         img = (img - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-        net_mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        net_mask = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="nearest")[
+            0, 0
+        ].long()
         item = {"image": img, "mask": net_mask}
         if not self.train:
             item.update(orig_mask=torch.from_numpy(mask), name=f"img{i}")
@@ -68,9 +72,19 @@ class TinySegDataModule(L.LightningDataModule):
     task = "segmentation"
     in_chans = 3
 
-    def __init__(self, num_classes: int = 3, num_samples: int = 8, image_size: int = 32, batch_size: int = 4,
-                 num_workers: int = 0, orig_size: tuple[int, int] = (40, 48), ignore_index: int | None = None,
-                 volumes: bool = False, metrics: list[str] | None = None, root: str | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int = 3,
+        num_samples: int = 8,
+        image_size: int = 32,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        orig_size: tuple[int, int] = (40, 48),
+        ignore_index: int | None = None,
+        volumes: bool = False,
+        metrics: list[str] | None = None,
+        root: str | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.class_names = ["background"] + [f"class {i}" for i in range(1, num_classes)]

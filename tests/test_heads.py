@@ -12,8 +12,16 @@ from visionzoo.models.dense import DenseSegmenter, build_from_spec
 from visionzoo.tasks.optim import build_optimizer
 
 CHANNELS = [8, 16, 24, 32]
-TINY_BIFORMER = dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), head_dim=16, n_win=2, topks=(1, 2, 4, -2),
-                     auto_pad=True, out_norm=True, mhsa_heads=2)
+TINY_BIFORMER = dict(
+    depths=(1, 1, 1, 1),
+    embed_dims=(16, 32, 64, 128),
+    head_dim=16,
+    n_win=2,
+    topks=(1, 2, 4, -2),
+    auto_pad=True,
+    out_norm=True,
+    mhsa_heads=2,
+)
 TINY_DAVIT = dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8))
 
 
@@ -65,8 +73,14 @@ def test_fcn_aux_head_and_build_head_errors() -> None:
 @pytest.mark.parametrize("head", ["upernet", "fpn"])
 def test_dense_segmenter_returns_logits_at_input_size(backbone, kwargs, feature_cls, head) -> None:
     torch.manual_seed(0)
-    model = DenseSegmenter(backbone, head, num_classes=4, backbone_kwargs=kwargs, head_kwargs={"channels": 16},
-                           aux_head={"channels": 8})
+    model = DenseSegmenter(
+        backbone,
+        head,
+        num_classes=4,
+        backbone_kwargs=kwargs,
+        head_kwargs={"channels": 16},
+        aux_head={"channels": 8},
+    )
     assert type(model.backbone).__name__ == feature_cls
     assert model.pretrained_cfg["task"] == "segmentation" and model.num_classes == 4
     x = torch.randn(2, 3, 48, 80)
@@ -81,8 +95,14 @@ def test_dense_segmenter_returns_logits_at_input_size(backbone, kwargs, feature_
 
 
 def test_biformer_dense_kwargs_reach_the_backbone() -> None:
-    model = DenseSegmenter("biformer_tiny", "upernet", 3, backbone_kwargs={**TINY_BIFORMER, "n_win": 4},
-                           head_kwargs={"channels": 8}, aux_head=None)
+    model = DenseSegmenter(
+        "biformer_tiny",
+        "upernet",
+        3,
+        backbone_kwargs={**TINY_BIFORMER, "n_win": 4},
+        head_kwargs={"channels": 8},
+        aux_head=None,
+    )
     inner = model.backbone.model
     assert inner.n_win == 4 and inner.auto_pad and inner.extra_norms is not None
     assert model.aux_head is None
@@ -98,7 +118,9 @@ def test_upernet_batch_of_one_in_training() -> None:
 
 
 def test_layer_decay_groups_backbone_and_puts_head_last() -> None:
-    model = DenseSegmenter("biformer_tiny", "upernet", 3, backbone_kwargs=TINY_BIFORMER, head_kwargs={"channels": 8})
+    model = DenseSegmenter(
+        "biformer_tiny", "upernet", 3, backbone_kwargs=TINY_BIFORMER, head_kwargs={"channels": 8}
+    )
     opt = build_optimizer(model, {"opt": "adamw", "lr": 1e-3, "layer_decay": 0.5})
     by_param = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     names = dict(model.named_parameters())
@@ -109,14 +131,27 @@ def test_layer_decay_groups_backbone_and_puts_head_last() -> None:
     davit = DenseSegmenter("davit_tiny", "fpn", 3, backbone_kwargs=TINY_DAVIT, head_kwargs={"channels": 8})
     with pytest.raises(ConfigError, match="feature_cls=getter"):
         build_optimizer(davit, {"lr": 1e-3, "layer_decay": 0.5})
-    davit = DenseSegmenter("davit_tiny", "fpn", 3, backbone_kwargs={**TINY_DAVIT, "feature_cls": "getter"},
-                           head_kwargs={"channels": 8})
+    davit = DenseSegmenter(
+        "davit_tiny",
+        "fpn",
+        3,
+        backbone_kwargs={**TINY_DAVIT, "feature_cls": "getter"},
+        head_kwargs={"channels": 8},
+    )
     assert build_optimizer(davit, {"lr": 1e-3, "layer_decay": 0.5}).param_groups
 
 
 def test_build_from_spec_rebuilds_the_same_architecture() -> None:
-    spec = {"type": "dense", "backbone": "davit_tiny", "head": "fpn", "num_classes": 3, "backbone_kwargs": TINY_DAVIT,
-            "head_kwargs": {"channels": 8, "head_channels": 8}, "aux_head": None, "pretrained": False}
+    spec = {
+        "type": "dense",
+        "backbone": "davit_tiny",
+        "head": "fpn",
+        "num_classes": 3,
+        "backbone_kwargs": TINY_DAVIT,
+        "head_kwargs": {"channels": 8, "head_channels": 8},
+        "aux_head": None,
+        "pretrained": False,
+    }
     a, b = build_from_spec(spec), build_from_spec(spec)
     assert a.state_dict().keys() == b.state_dict().keys()
     b.load_state_dict(a.state_dict())

@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hydra_helpers import CONF_DIR, compose_cfg, run_train_cli
+
 from visionzoo.callbacks import FreezeSubmodule
 from visionzoo.tasks.schedules import ExponentialDecay, PolyDecay, StepDecay
 
-SMALL = ["model.kwargs.pretrained=false", "trainer=cpu", "logger=csv", "data.image_size=64", "data.batch_size=2",
-         "data.num_workers=0", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+SMALL = [
+    "model.kwargs.pretrained=false",
+    "trainer=cpu",
+    "logger=csv",
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+]
 
 
 @pytest.mark.parametrize("experiment", ["qtseg_isic2016", "herseg_isic2016"])
@@ -40,7 +48,11 @@ def test_recipe_configs_compose_with_the_paper_settings(path: Path, tmp_path: Pa
             assert cfg.model.optimizer.opt == "adamw" and cfg.model.scheduler.name == "step"
     else:
         assert cfg.model.loss.dice_weight == 0.8 and cfg.model.loss.focal_weight == 0.2
-        assert cfg.model.scheduler.gamma == 0.98 and cfg.data.image_size == 1024 and cfg.trainer.max_epochs == 200
+        assert (
+            cfg.model.scheduler.gamma == 0.98
+            and cfg.data.image_size == 1024
+            and cfg.trainer.max_epochs == 200
+        )
     if "isic2016" in path.stem:
         assert cfg.data.fold == 0  # checkpoints are never chosen on the official test split
 

@@ -92,7 +92,9 @@ def test_volume_dice_equals_the_dice_of_the_stacked_volume() -> None:
 def test_volume_dice_empty_class_conventions() -> None:
     metric = VolumeDice(num_classes=3, ignore_index=255)
     target = torch.tensor([[1, 1, 0], [0, 255, 0]])
-    pred = torch.tensor([[1, 0, 0], [0, 2, 0]])  # class 2 only under the ignored pixel: absent in both -> excluded
+    pred = torch.tensor(
+        [[1, 0, 0], [0, 2, 0]]
+    )  # class 2 only under the ignored pixel: absent in both -> excluded
     metric.update(pred, target, "v")
     assert metric.compute().item() == pytest.approx(2 / 3)  # class 1: 2*1 / (1 + 2)
     metric.reset()
@@ -108,7 +110,9 @@ def test_hd95_matches_monai_and_empty_mask_conventions() -> None:
     pred[15, 20] = 2  # class 2: predicted, absent from the ground truth -> the image diagonal
     values = hd95_per_class(pred, target, num_classes=4)
     onehot = lambda m, c: (m == c)[None, None]  # noqa: E731
-    want = compute_hausdorff_distance(onehot(pred, 1), onehot(target, 1), include_background=True, percentile=95)
+    want = compute_hausdorff_distance(
+        onehot(pred, 1), onehot(target, 1), include_background=True, percentile=95
+    )
     assert values[0].item() == pytest.approx(want.item())
     assert values[1].item() == pytest.approx(math.hypot(20, 24))
     assert values[2].item() == 0.0  # class 3: empty in both
@@ -127,8 +131,9 @@ def test_hd95_on_volumes_is_computed_on_the_stacked_slices() -> None:
     metric = HD95(num_classes=2, ignore_index=255)
     for z in (4, 0, 2, 1, 3):
         metric.update(pred[z], target[z], volume_id="case_7", slice_index=z)
-    want = compute_hausdorff_distance((pred == 1)[None, None], (target == 1)[None, None], percentile=95,
-                                      include_background=True)
+    want = compute_hausdorff_distance(
+        (pred == 1)[None, None], (target == 1)[None, None], percentile=95, include_background=True
+    )
     assert metric.compute().item() == pytest.approx(want.item())
 
 
@@ -151,17 +156,23 @@ def _logits_and_target(num_classes: int = 3, ignore: int | None = None) -> tuple
 def test_dice_ce_equals_monai_dice_ce_without_ignored_pixels() -> None:
     logits, target = _logits_and_target()
     ours = build_loss({"name": "dice_ce", "ce_weight": 0.7, "dice_weight": 1.3}, 3, None)(logits, target)
-    monai = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.7, lambda_dice=1.3)(logits, target[:, None])
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.7, lambda_dice=1.3)(
+        logits, target[:, None]
+    )
     assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
 
 
 def test_dice_focal_equals_monai_dice_focal_without_ignored_pixels() -> None:
     logits, target = _logits_and_target()
     ours = build_loss({"name": "dice_focal", "gamma": 1.5, "focal_weight": 0.5}, 3, None)(logits, target)
-    monai = DiceFocalLoss(to_onehot_y=True, softmax=True, gamma=1.5, lambda_focal=0.5)(logits, target[:, None])
+    monai = DiceFocalLoss(to_onehot_y=True, softmax=True, gamma=1.5, lambda_focal=0.5)(
+        logits, target[:, None]
+    )
     assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
     soft = build_loss({"name": "focal", "focal_softmax": True}, 3, None)(logits, target)
-    assert torch.isfinite(soft) and soft.item() != pytest.approx(build_loss("focal", 3, None)(logits, target).item())
+    assert torch.isfinite(soft) and soft.item() != pytest.approx(
+        build_loss("focal", 3, None)(logits, target).item()
+    )
 
 
 @pytest.mark.parametrize("name", ["ce", "dice", "focal", "dice_ce", "dice_focal"])
@@ -193,5 +204,7 @@ def test_loss_config_errors_and_low_resolution_logits() -> None:
         build_loss({"name": "ce", "ce_weigth": 1.0}, 3, None)
     with pytest.raises(ConfigError, match="class_weight"):
         build_loss({"name": "ce", "class_weight": [1.0, 2.0]}, 3, None)
-    loss = build_loss("ce", 3, None)(torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 8, 8)))  # logits upsampled
+    loss = build_loss("ce", 3, None)(
+        torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 8, 8))
+    )  # logits upsampled
     assert torch.isfinite(loss)

@@ -33,8 +33,14 @@ TINY = [
     "model.head_kwargs.channels=16",
     "model.aux_head.channels=8",
 ]
-TINY_BIFORMER = ["model=biformer_digits", "model.kwargs.embed_dims=[16,32,64,128]", "model.kwargs.depths=[1,1,1,1]",
-                 "+model.kwargs.head_dim=16", "+model.kwargs.mhsa_heads=2", "model.dense_kwargs.n_win=2"]
+TINY_BIFORMER = [
+    "model=biformer_digits",
+    "model.kwargs.embed_dims=[16,32,64,128]",
+    "model.kwargs.depths=[1,1,1,1]",
+    "+model.kwargs.head_dim=16",
+    "+model.kwargs.mhsa_heads=2",
+    "model.dense_kwargs.n_win=2",
+]
 
 
 def pointwise(num_classes: int = 3) -> nn.Module:
@@ -64,8 +70,12 @@ def test_metrics_are_computed_at_the_original_resolution() -> None:
     orig = torch.zeros(8, 12, dtype=torch.long)
     orig[:, :6] = 1
     orig[0, 0] = 255
-    batch = {"image": torch.zeros(1, 3, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long),  # network mask: wrong
-             "orig_mask": [orig], "name": ["x"]}
+    batch = {
+        "image": torch.zeros(1, 3, 4, 4),
+        "mask": torch.zeros(1, 4, 4, dtype=torch.long),  # network mask: wrong
+        "orig_mask": [orig],
+        "name": ["x"],
+    }
     with torch.no_grad():
         out = task.validation_step(batch, 0)
     assert out["preds"].shape == (1, 4, 4)
@@ -77,8 +87,14 @@ def test_metrics_are_computed_at_the_original_resolution() -> None:
 
 def test_training_step_adds_the_weighted_auxiliary_loss() -> None:
     torch.manual_seed(0)
-    model = DenseSegmenter("davit_tiny", "upernet", 3, backbone_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
-                           num_heads=(1, 2, 4, 8)), head_kwargs={"channels": 8}, aux_head={"channels": 8, "dropout": 0.0})
+    model = DenseSegmenter(
+        "davit_tiny",
+        "upernet",
+        3,
+        backbone_kwargs=dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8)),
+        head_kwargs={"channels": 8},
+        aux_head={"channels": 8, "dropout": 0.0},
+    )
     model.decode_head.classifier.dropout = nn.Identity()
     task = SegmentationTask(model, num_classes=3, aux_weight=0.4, loss={"name": "dice_ce"})
     batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 3, (2, 32, 32))}
@@ -94,24 +110,56 @@ def test_training_step_adds_the_weighted_auxiliary_loss() -> None:
 def test_volumes_log_vdice_and_hd95(tmp_path: Path) -> None:
     dm = TinySegDataModule(num_classes=3, num_samples=8, volumes=True)
     task = SegmentationTask(pointwise(), num_classes=3, metrics=["hd95", "dice"], class_names=dm.class_names)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     res = trainer.validate(task, datamodule=dm, verbose=False)[0]
-    assert {"val/vDice", "val/hd95", "val/mIoU", "val/mDice", "val/aAcc", "val/IoU/class_1", "val/Dice/background"} <= set(res)
+    assert {
+        "val/vDice",
+        "val/hd95",
+        "val/mIoU",
+        "val/mDice",
+        "val/aAcc",
+        "val/IoU/class_1",
+        "val/Dice/background",
+    } <= set(res)
     assert 0.0 <= res["val/vDice"] <= 1.0 and res["val/hd95"] >= 0.0
     with pytest.raises(ConfigError, match="nsd"):
         SegmentationTask(pointwise(), num_classes=3, metrics=["nsd"])
 
 
 def test_task_rebuilds_its_model_from_the_checkpoint(tmp_path: Path) -> None:
-    spec = {"type": "dense", "backbone": "davit_tiny", "head": "fpn", "num_classes": 3, "aux_head": None,
-            "backbone_kwargs": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8)),
-            "head_kwargs": {"channels": 8, "head_channels": 8}}
-    task = SegmentationTask(None, num_classes=3, model_spec=spec, ignore_index=255,
-                            inference={"mode": "slide", "roi_size": [16, 16]})
-    trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=1, limit_train_batches=1, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        limit_val_batches=0)
+    spec = {
+        "type": "dense",
+        "backbone": "davit_tiny",
+        "head": "fpn",
+        "num_classes": 3,
+        "aux_head": None,
+        "backbone_kwargs": dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8)),
+        "head_kwargs": {"channels": 8, "head_channels": 8},
+    }
+    task = SegmentationTask(
+        None,
+        num_classes=3,
+        model_spec=spec,
+        ignore_index=255,
+        inference={"mode": "slide", "roi_size": [16, 16]},
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_epochs=1,
+        limit_train_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(task, datamodule=TinySegDataModule(num_classes=3, num_samples=4, batch_size=2))
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -131,8 +179,16 @@ def test_runner_trains_biformer_upernet_and_writes_pictures_and_checkpoints(tmp_
     assert cfg.optimized_metric == "val/acc1"  # the classification default; the runner picks val/mIoU
     metrics = run(cfg)
     assert cfg.optimized_metric == "val/mIoU"
-    assert {"val/mIoU", "val/mDice", "val/aAcc", "val/loss", "val/IoU/class_1", "test/mIoU", "test/IoU/background",
-            "train/loss"} <= set(metrics)
+    assert {
+        "val/mIoU",
+        "val/mDice",
+        "val/aAcc",
+        "val/loss",
+        "val/IoU/class_1",
+        "test/mIoU",
+        "test/IoU/background",
+        "train/loss",
+    } <= set(metrics)
     assert json.loads((out / "metrics.json").read_text())["test/mIoU"] == pytest.approx(metrics["test/mIoU"])
     assert sorted(p.name for p in (out / "val_overlays").glob("*.png")) == ["epoch_000.png"]
     grid = np.asarray(Image.open(out / "val_overlays" / "epoch_000.png"))
@@ -164,8 +220,20 @@ def test_runner_trains_biformer_upernet_and_writes_pictures_and_checkpoints(tmp_
     pred_dir = tmp_path / "pred"
     from visionzoo.predict import main  # what predict.py runs (its CLI is exercised in the next test)
 
-    assert main([f"ckpt_path={best[0]}", f"images={images}", f"out={pred_dir}", "device=cpu", "mode=slide",
-                 "--roi_size", "16,16"]) == 0
+    assert (
+        main(
+            [
+                f"ckpt_path={best[0]}",
+                f"images={images}",
+                f"out={pred_dir}",
+                "device=cpu",
+                "mode=slide",
+                "--roi_size",
+                "16,16",
+            ]
+        )
+        == 0
+    )
     mask = np.asarray(Image.open(pred_dir / "masks" / "img0.png"))
     assert mask.shape == (45, 61) and mask.dtype == np.uint8 and mask.max() < 3
     assert Image.open(pred_dir / "overlays" / "img0.png").size == (61, 45)
@@ -173,8 +241,18 @@ def test_runner_trains_biformer_upernet_and_writes_pictures_and_checkpoints(tmp_
 
 
 def test_predict_cli_errors_in_one_sentence(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), f"ckpt_path={tmp_path / 'none.ckpt'}",
-                           f"images={tmp_path}", f"out={tmp_path}"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "predict.py"),
+            f"ckpt_path={tmp_path / 'none.ckpt'}",
+            f"images={tmp_path}",
+            f"out={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "none.ckpt" in proc.stderr
     from visionzoo.predict import main
 
@@ -183,14 +261,29 @@ def test_predict_cli_errors_in_one_sentence(tmp_path: Path) -> None:
 
 
 def test_davit_with_fpn_runs_a_step(tmp_path: Path) -> None:
-    cfg = compose_cfg([*TINY, "model=davit_digits", "model.kwargs.embed_dims=[16,32,64,128]", "model.head=fpn",
-                       "model.head_kwargs.head_channels=8", "model.aux_head=null", "logger=csv", "test=false",
-                       "+trainer.limit_train_batches=1", "trainer.num_sanity_val_steps=0", "+data.optimized_metric=val/mDice",
-                       "+data.loss={name: dice_ce, ce_weight: 0.5}"], tmp_path)
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "model=davit_digits",
+            "model.kwargs.embed_dims=[16,32,64,128]",
+            "model.head=fpn",
+            "model.head_kwargs.head_channels=8",
+            "model.aux_head=null",
+            "logger=csv",
+            "test=false",
+            "+trainer.limit_train_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "+data.optimized_metric=val/mDice",
+            "+data.loss={name: dice_ce, ce_weight: 0.5}",
+        ],
+        tmp_path,
+    )
     assert cfg.optimized_metric == "val/mDice"
     metrics = run(cfg)
     assert "val/mDice" in metrics and cfg.optimized_metric == "val/mDice"
-    spec = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    spec = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "hyper_parameters"
+    ]
     assert spec["model_spec"]["head"] == "fpn" and spec["model_spec"]["aux_head"] is None
     assert spec["loss"] == {"name": "dice_ce", "ce_weight": 0.5}
 
@@ -199,7 +292,10 @@ def test_dense_kwargs_apply_to_segmentation_only(tmp_path: Path) -> None:
     cfg = compose_cfg(["model=biformer"], tmp_path)
     assert model_spec(cfg, 10)["kwargs"].get("n_win") is None
     dense = model_spec(cfg, 150, "segmentation")
-    assert dense["backbone_kwargs"] | {"n_win": 8, "auto_pad": True, "out_norm": True} == dense["backbone_kwargs"]
+    assert (
+        dense["backbone_kwargs"] | {"n_win": 8, "auto_pad": True, "out_norm": True}
+        == dense["backbone_kwargs"]
+    )
     assert dense["head"] == "upernet" and dense["aux_head"] == {"in_index": 2, "channels": 256}
     assert "num_classes" not in dense["backbone_kwargs"] and "pretrained" not in dense["backbone_kwargs"]
 
@@ -211,7 +307,9 @@ def test_head_null_and_unknown_heads_fail_at_start(tmp_path: Path) -> None:
     cfg = compose_cfg([*TINY, "model=davit", "model.head=deeplab"], tmp_path)
     with pytest.raises(ConfigError, match="deeplab"):
         check_model_data_pairing(cfg)
-    proc = run_train_cli(["model=davit", "model.head=null", "data=fake", "data.task=segmentation"], cwd=tmp_path)
+    proc = run_train_cli(
+        ["model=davit", "model.head=null", "data=fake", "data.task=segmentation"], cwd=tmp_path
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "no segmentation head" in errors[0]
 
@@ -225,10 +323,20 @@ def test_every_model_config_names_a_known_head() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- train.py end to end
-ADE_SMALL = ["trainer=cpu", "logger=csv", "trainer.max_steps=1", "data.image_size=64", "data.batch_size=2",
-             "data.val_batch_size=2", "data.num_workers=0", "data.pin_memory=false",
-             "data.train_transform=[{name:HorizontalFlip,p:0.5}]", "+model.kwargs.depths=[1,1,1,1]",
-             "model.head_kwargs.channels=32", "model.aux_head.channels=16"]
+ADE_SMALL = [
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.max_steps=1",
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.train_transform=[{name:HorizontalFlip,p:0.5}]",
+    "+model.kwargs.depths=[1,1,1,1]",
+    "model.head_kwargs.channels=32",
+    "model.aux_head.channels=16",
+]
 
 
 def _check_ade_run(out: Path, metrics: dict) -> None:
@@ -244,8 +352,16 @@ def test_train_py_biformer_on_an_ade20k_layout_builds_upernet_and_steps(tmp_path
     from seg_layouts import write_ade20k
 
     root = write_ade20k(tmp_path / "ade", n_train=4, n_val=2)
-    proc = run_train_cli(["model=biformer", "+model.kwargs.embed_dims=[32,64,128,256]", "data=ade20k",
-                          f"data.root={root}", *ADE_SMALL], cwd=tmp_path)
+    proc = run_train_cli(
+        [
+            "model=biformer",
+            "+model.kwargs.embed_dims=[32,64,128,256]",
+            "data=ade20k",
+            f"data.root={root}",
+            *ADE_SMALL,
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_ade_run(tmp_path / "logs", json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text()))
 
@@ -254,20 +370,45 @@ def test_davit_on_an_ade20k_layout_builds_upernet_and_steps(tmp_path: Path) -> N
     from seg_layouts import write_ade20k
 
     root = write_ade20k(tmp_path / "ade", n_train=4, n_val=2)
-    cfg = compose_cfg(["model=davit", "+model.kwargs.embed_dims=[16,32,64,128]", "+model.kwargs.num_heads=[1,2,4,8]",
-                       "data=ade20k", f"data.root={root}", *ADE_SMALL], tmp_path / "run")
+    cfg = compose_cfg(
+        [
+            "model=davit",
+            "+model.kwargs.embed_dims=[16,32,64,128]",
+            "+model.kwargs.num_heads=[1,2,4,8]",
+            "data=ade20k",
+            f"data.root={root}",
+            *ADE_SMALL,
+        ],
+        tmp_path / "run",
+    )
     _check_ade_run(tmp_path / "run", run(cfg))
 
 
 @pytest.mark.slow
 def test_small_model_learns_shapes(tmp_path: Path) -> None:
     """A small BiFormer + FPN on the built-in shapes set reaches mean Dice >= 0.90 on held-out images."""
-    cfg = compose_cfg(["trainer=cpu", "data=shapes", "data.num_samples=256", "data.num_val_samples=64",
-                       "data.batch_size=16", *TINY_BIFORMER, "model.kwargs.embed_dims=[32,64,128,256]",
-                       "model.kwargs.head_dim=32", "model.head=fpn", "model.head_kwargs.channels=64",
-                       "model.head_kwargs.head_channels=32", "model.aux_head=null", "model.optimizer.lr=2e-3",
-                       "model.scheduler.warmup_epochs=1", "+data.loss={name: dice_ce}", "trainer.max_epochs=8",
-                       "logger=csv"], tmp_path)
+    cfg = compose_cfg(
+        [
+            "trainer=cpu",
+            "data=shapes",
+            "data.num_samples=256",
+            "data.num_val_samples=64",
+            "data.batch_size=16",
+            *TINY_BIFORMER,
+            "model.kwargs.embed_dims=[32,64,128,256]",
+            "model.kwargs.head_dim=32",
+            "model.head=fpn",
+            "model.head_kwargs.channels=64",
+            "model.head_kwargs.head_channels=32",
+            "model.aux_head=null",
+            "model.optimizer.lr=2e-3",
+            "model.scheduler.warmup_epochs=1",
+            "+data.loss={name: dice_ce}",
+            "trainer.max_epochs=8",
+            "logger=csv",
+        ],
+        tmp_path,
+    )
     metrics = run(cfg)
     print({k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")})
     assert metrics["test/mDice"] >= 0.90
@@ -275,13 +416,37 @@ def test_small_model_learns_shapes(tmp_path: Path) -> None:
 
 
 # every segmentation data module, in its official layout, through the runner (one train + val/test step)
-TINY_SEG = ["model=biformer_digits", "model.head=fpn", "model.head_kwargs.channels=16", "trainer=cpu", "logger=csv",
-            "trainer.max_steps=1", "data.image_size=64", "data.batch_size=2", "data.num_workers=0",
-            "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks=none"]
+TINY_SEG = [
+    "model=biformer_digits",
+    "model.head=fpn",
+    "model.head_kwargs.channels=16",
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.max_steps=1",
+    "data.image_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "callbacks=none",
+]
 
 
-@pytest.mark.parametrize("dataset", ["seg_folder", "isic2016", "kvasir_seg", "bkai_polyp", "busi", "dsb2018",
-                                     "fives", "drive", "msd", "shapes"])
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        "seg_folder",
+        "isic2016",
+        "kvasir_seg",
+        "bkai_polyp",
+        "busi",
+        "dsb2018",
+        "fives",
+        "drive",
+        "msd",
+        "shapes",
+    ],
+)
 def test_every_segmentation_datamodule_trains_a_step_through_the_runner(dataset: str, tmp_path: Path) -> None:
     from seg_layouts import WRITERS
 

@@ -25,8 +25,9 @@ def test_slide_equals_whole_for_a_pointwise_model(blend: str, overlap: float, hw
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         whole = build_inferer(None)(model, x)
-        slide = build_inferer({"mode": "slide", "roi_size": [16, 24], "overlap": overlap, "blend": blend,
-                               "sw_batch_size": 3})(model, x)
+        slide = build_inferer(
+            {"mode": "slide", "roi_size": [16, 24], "overlap": overlap, "blend": blend, "sw_batch_size": 3}
+        )(model, x)
     assert slide.shape == whole.shape == (2, 4, *hw)
     torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-5)
 

@@ -18,8 +18,13 @@ from visionzoo.train import run
 
 
 def tiny_davit(num_classes: int = 10) -> torch.nn.Module:
-    return timm.create_model("davit_tiny", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128),
-                             num_heads=(1, 2, 4, 8), num_classes=num_classes)
+    return timm.create_model(
+        "davit_tiny",
+        depths=(1, 1, 1, 1),
+        embed_dims=(16, 32, 64, 128),
+        num_heads=(1, 2, 4, 8),
+        num_classes=num_classes,
+    )
 
 
 def test_warmup_cosine_shape() -> None:
@@ -57,8 +62,9 @@ def test_layer_decay_scales_learning_rates_by_depth() -> None:
 
 
 def test_mixup_switches_to_soft_targets() -> None:
-    task = ClassificationTask(tiny_davit(), num_classes=10, mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0},
-                              label_smoothing=0.1)
+    task = ClassificationTask(
+        tiny_davit(), num_classes=10, mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, label_smoothing=0.1
+    )
     assert task.mixup_fn is not None
     images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     loss = task.training_step((images, targets), 0)
@@ -73,8 +79,10 @@ def test_top5_is_not_logged_with_fewer_than_five_classes(tmp_path: Path) -> None
 
 
 def test_ema_callback_run(tmp_path: Path) -> None:
-    cfg = compose_cfg(["trainer=cpu", "data=fake", "logger=csv", "callbacks=ema", "trainer.max_epochs=1",
-                       "test=false"], tmp_path)
+    cfg = compose_cfg(
+        ["trainer=cpu", "data=fake", "logger=csv", "callbacks=ema", "trainer.max_epochs=1", "test=false"],
+        tmp_path,
+    )
     metrics = run(cfg)
     assert math.isfinite(metrics["val/loss"])
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -104,12 +112,18 @@ def test_schedule_absolute_lrs_and_cooldown(tmp_path: Path) -> None:
 
     from visionzoo.tasks.optim import build_scheduler
 
-    trainer = SimpleNamespace(estimated_stepping_batches=20, num_training_batches=4, accumulate_grad_batches=1,
-                              max_epochs=5, max_steps=-1)  # 4 steps per epoch
+    trainer = SimpleNamespace(
+        estimated_stepping_batches=20,
+        num_training_batches=4,
+        accumulate_grad_batches=1,
+        max_epochs=5,
+        max_steps=-1,
+    )  # 4 steps per epoch
     task = ClassificationTask(tiny_davit(), num_classes=10)
     opt = torch.optim.SGD(task.parameters(), lr=1e-3)
-    sched = build_scheduler(opt, trainer, {"warmup_epochs": 1, "warmup_lr": 1e-6, "min_lr": 1e-5,
-                                           "cooldown_epochs": 2})["scheduler"]
+    sched = build_scheduler(
+        opt, trainer, {"warmup_epochs": 1, "warmup_lr": 1e-6, "min_lr": 1e-5, "cooldown_epochs": 2}
+    )["scheduler"]
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])

@@ -23,7 +23,9 @@ FAST = [
 ]
 
 
-def write_imagenet_layout(root: Path, classes=("n01440764", "n01443537", "n01484850"), per_class: int = 3) -> Path:
+def write_imagenet_layout(
+    root: Path, classes=("n01440764", "n01443537", "n01484850"), per_class: int = 3
+) -> Path:
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for i, wnid in enumerate(classes):
@@ -37,8 +39,18 @@ def write_imagenet_layout(root: Path, classes=("n01440764", "n01443537", "n01484
 
 
 def test_fast_dev_run_writes_metrics_and_curves(tmp_path: Path) -> None:
-    cfg = compose_cfg(["trainer=cpu", "logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "+trainer.limit_train_batches=3",
-                       "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"], tmp_path)
+    cfg = compose_cfg(
+        [
+            "trainer=cpu",
+            "logger=csv",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
+            "+trainer.limit_train_batches=3",
+            "+trainer.limit_val_batches=2",
+            "+trainer.limit_test_batches=2",
+        ],
+        tmp_path,
+    )
     metrics = run(cfg)
     assert {"val/acc1", "val/acc5", "test/acc1", "test/loss"} <= set(metrics)
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -56,8 +68,14 @@ def _final_weights(cfg) -> dict[str, torch.Tensor]:
 
 
 def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path: Path) -> None:
-    common = [*FAST, "trainer.max_epochs=2", "test=false", "trainer.deterministic=true",
-              "data.num_samples=48", "data.batch_size=16"]  # 3 steps per epoch
+    common = [
+        *FAST,
+        "trainer.max_epochs=2",
+        "test=false",
+        "trainer.deterministic=true",
+        "data.num_samples=48",
+        "data.batch_size=16",
+    ]  # 3 steps per epoch
     straight = compose_cfg(common, tmp_path / "straight")
     run(straight)
     stopped = compose_cfg([*common, "trainer.max_steps=3"], tmp_path / "stopped")
@@ -78,8 +96,17 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path: Path) -> None:
 def test_imagenet_layout_runs_two_steps(tmp_path: Path) -> None:
     root = write_imagenet_layout(tmp_path / "imagenet")
     proc = run_train_cli(
-        ["model=davit", "data=imagenet", f"data.root={root}", "trainer.max_steps=2", "data.batch_size=4",
-         "data.num_workers=0", "logger=csv", "callbacks=none", "trainer=cpu"],
+        [
+            "model=davit",
+            "data=imagenet",
+            f"data.root={root}",
+            "trainer.max_steps=2",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "logger=csv",
+            "callbacks=none",
+            "trainer=cpu",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,8 +180,18 @@ def test_multirun_over_two_learning_rates(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_cpu_two_processes(tmp_path: Path) -> None:
-    proc = run_train_cli(["trainer=ddp_cpu", "data=fake", "trainer.max_epochs=1", "logger=csv",
-                          "data.num_samples=64", "data.batch_size=8"], cwd=tmp_path, timeout=900)
+    proc = run_train_cli(
+        [
+            "trainer=ddp_cpu",
+            "data=fake",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "data.num_samples=64",
+            "data.batch_size=8",
+        ],
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
     assert "test/acc1" in metrics

@@ -128,7 +128,13 @@ class SegmentationOverlays(L.Callback):
         self._rows = []
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if len(self._rows) >= self.num_images or not self._active(trainer, pl_module):
             return
@@ -157,9 +163,14 @@ class SegmentationOverlays(L.Callback):
         for image, mask, pred in self._rows:
             picture = denormalize(image, cfg.get("mean"), cfg.get("std"), cfg.get("normalize", "mean_std"))
             picture = to_rgb(picture, cfg.get("color_space", "RGB"))
-            clear_bg = bool(getattr(pl_module, "has_background", False)) or k <= 2  # class 0 "background" uncoloured
-            tiles = [picture, overlay(picture, mask, k, self.alpha, ignore, clear_bg),
-                     overlay(picture, pred, k, self.alpha, ignore, clear_bg)]
+            clear_bg = (
+                bool(getattr(pl_module, "has_background", False)) or k <= 2
+            )  # class 0 "background" uncoloured
+            tiles = [
+                picture,
+                overlay(picture, mask, k, self.alpha, ignore, clear_bg),
+                overlay(picture, pred, k, self.alpha, ignore, clear_bg),
+            ]
             scale = -(-self.min_size // picture.shape[0])  # small inputs (e.g. 64 px) are enlarged, nearest
             if scale > 1:
                 tiles = [t.repeat(scale, axis=0).repeat(scale, axis=1) for t in tiles]

@@ -49,7 +49,11 @@ class SegInferer:
         if mode == "slide":
             if roi_size is None:
                 raise ConfigError("inference.mode=slide needs inference.roi_size, e.g. [512, 512].")
-            roi = (int(roi_size), int(roi_size)) if isinstance(roi_size, int) else tuple(int(s) for s in roi_size)
+            roi = (
+                (int(roi_size), int(roi_size))
+                if isinstance(roi_size, int)
+                else tuple(int(s) for s in roi_size)
+            )
             if len(roi) != 2 or min(roi) < 1:
                 raise ConfigError(f"inference.roi_size must be [height, width], got {roi_size!r}.")
             roi_size = roi
@@ -94,5 +98,7 @@ def build_inferer(cfg: Mapping[str, Any] | SegInferer | None) -> SegInferer:
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - _KEYS)
     if unknown:
-        raise ConfigError(f"inference has unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(_KEYS))}.")
+        raise ConfigError(
+            f"inference has unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(_KEYS))}."
+        )
     return SegInferer(**cfg)

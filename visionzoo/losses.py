@@ -154,7 +154,9 @@ class SegmentationLoss(nn.Module):
         return total
 
 
-def build_loss(cfg: Mapping[str, Any] | str | None, num_classes: int, ignore_index: int | None) -> SegmentationLoss:
+def build_loss(
+    cfg: Mapping[str, Any] | str | None, num_classes: int, ignore_index: int | None
+) -> SegmentationLoss:
     """A :class:`SegmentationLoss` from a config dict (or a bare name); unknown keys end in one sentence."""
     if cfg is None:
         cfg = {"name": "ce"}
@@ -163,6 +165,8 @@ def build_loss(cfg: Mapping[str, Any] | str | None, num_classes: int, ignore_ind
     cfg = dict(cfg)
     unknown = sorted(set(cfg) - _KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"loss has unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(_KNOWN_KEYS))}.")
+        raise ConfigError(
+            f"loss has unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(_KNOWN_KEYS))}."
+        )
     cfg.setdefault("name", "ce")
     return SegmentationLoss(num_classes=num_classes, ignore_index=ignore_index, **cfg)

@@ -51,12 +51,17 @@ def denormalize(
     return (x[:3].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def colorize(mask: np.ndarray | torch.Tensor, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+def colorize(
+    mask: np.ndarray | torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
     """Class indices ``H×W`` -> ``H×W×3`` uint8 colours (ignored / out-of-range labels black)."""
     mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     colors = np.concatenate([palette(num_classes), np.zeros((1, 3), np.uint8)])
-    idx = np.where((mask >= 0) & (mask < num_classes) & (mask != (ignore_index if ignore_index is not None else -1)),
-                   mask, num_classes)
+    idx = np.where(
+        (mask >= 0) & (mask < num_classes) & (mask != (ignore_index if ignore_index is not None else -1)),
+        mask,
+        num_classes,
+    )
     return colors[idx]
 
 

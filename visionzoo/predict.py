@@ -80,7 +80,9 @@ def load_task(ckpt_path: str | Path, device: str | torch.device = "cpu"):
 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path '{path}' does not exist; give a .ckpt file written by a segmentation run.")
+        raise ConfigError(
+            f"ckpt_path '{path}' does not exist; give a .ckpt file written by a segmentation run."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -143,9 +145,13 @@ def _image_files(images: Path) -> list[Path]:
         return [images]
     if not images.is_dir():
         raise ConfigError(f"images '{images}' does not exist; give a folder of images or one image file.")
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = sorted(
+        p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
     if not files:
-        raise ConfigError(f"folder '{images}' holds no image (expected files ending in {', '.join(IMAGE_EXTENSIONS)}).")
+        raise ConfigError(
+            f"folder '{images}' holds no image (expected files ending in {', '.join(IMAGE_EXTENSIONS)})."
+        )
     return files
 
 
@@ -196,7 +202,9 @@ def predict_folder(
         mask = task.predict_step(batch, 0)[0]["mask"].numpy()
         mask_path = out / "masks" / f"{path.stem}.png"
         save_mask(mask, mask_path, task.num_classes)
-        blended = overlay(rgb, mask, task.num_classes, alpha, transparent_background=task.has_background or None)
+        blended = overlay(
+            rgb, mask, task.num_classes, alpha, transparent_background=task.has_background or None
+        )
         (out / "overlays").mkdir(parents=True, exist_ok=True)
         Image.fromarray(blended).save(out / "overlays" / f"{path.stem}.png")
         written.append(mask_path)
@@ -228,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except VisionZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} mask(s) to {Path(args['out']) / 'masks'} and overlays to {Path(args['out']) / 'overlays'}")
+    print(
+        f"wrote {len(written)} mask(s) to {Path(args['out']) / 'masks'} and overlays to {Path(args['out']) / 'overlays'}"
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def check_model_data_pairing(cfg: DictConfig) -> str:
         raise ConfigError(f"data.task '{data_task}' is unknown; expected one of {sorted(KNOWN_TASKS)}.")
     name = cfg.model.name
     if not timm.is_model(name):
-        raise ConfigError(f"model.name '{name}' is not a registered timm or visionzoo model; see `visionzoo list`.")
+        raise ConfigError(
+            f"model.name '{name}' is not a registered timm or visionzoo model; see `visionzoo list`."
+        )
     task = model_task(name)
     head = cfg.model.get("head")
     if data_task == "classification" and task != "classification":
@@ -63,7 +65,9 @@ def check_model_data_pairing(cfg: DictConfig) -> str:
         from .heads import HEADS
 
         if str(head).lower() not in HEADS or str(head).lower() == "fcn":
-            raise ConfigError(f"model.head '{head}' is unknown; expected upernet or fpn (or a segmentation model).")
+            raise ConfigError(
+                f"model.head '{head}' is unknown; expected upernet or fpn (or a segmentation model)."
+            )
     return data_task
 
 
@@ -254,7 +258,9 @@ def _resolve_ckpt_path(ckpt_path: str | None) -> str | None:
         return None
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
-        raise ConfigError(f"ckpt_path '{path}' does not exist; give the path of a .ckpt file written by a run.")
+        raise ConfigError(
+            f"ckpt_path '{path}' does not exist; give the path of a .ckpt file written by a run."
+        )
     return str(path)
 
 

@@ -24,7 +24,9 @@ def norm_layer(name: str | None) -> Callable[[int], nn.Module] | type[nn.Identit
     try:
         return _NORMS[str(name).lower()]
     except KeyError:
-        raise ConfigError(f"head norm_layer '{name}' is unknown; expected one of {sorted(_NORMS)} or null.") from None
+        raise ConfigError(
+            f"head norm_layer '{name}' is unknown; expected one of {sorted(_NORMS)} or null."
+        ) from None
 
 
 class ConvNormReLU(nn.Sequential):
@@ -34,7 +36,9 @@ class ConvNormReLU(nn.Sequential):
     ``get_norm_act_layer``, which does not take a GroupNorm with a computed group count or no norm at all.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, norm: str | None = "batchnorm") -> None:
+    def __init__(
+        self, in_chs: int, out_chs: int, kernel_size: int = 1, norm: str | None = "batchnorm"
+    ) -> None:
         layer = norm_layer(norm)
         super().__init__(
             nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=layer is nn.Identity),

@@ -54,8 +54,10 @@ class FPNHead(nn.Module):
         for level in range(len(in_channels)):
             n = max(1, level)
             self.scale_heads.append(
-                nn.ModuleList(ConvNormReLU(channels if k == 0 else head_channels, head_channels, 3, norm_layer)
-                              for k in range(n))
+                nn.ModuleList(
+                    ConvNormReLU(channels if k == 0 else head_channels, head_channels, 3, norm_layer)
+                    for k in range(n)
+                )
             )
         self.classifier = SegClassifier(head_channels, num_classes, dropout)
 
@@ -65,7 +67,9 @@ class FPNHead(nn.Module):
             raise ValueError(f"FPNHead was built for {len(self.in_channels)} levels, got {len(features)}.")
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, features, strict=True)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
+            )
         return [conv(lat) for conv, lat in zip(self.output_convs, laterals, strict=True)]
 
     def forward_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

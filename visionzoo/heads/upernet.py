@@ -21,11 +21,14 @@ from ._common import ConvNormReLU, SegClassifier, resize
 class PyramidPooling(nn.Module):
     """Average-pool to each ``pool_scales`` grid, 1x1 conv, upsample back and concatenate with the input."""
 
-    def __init__(self, in_chs: int, channels: int, pool_scales: Sequence[int], norm: str | None, align_corners: bool):
+    def __init__(
+        self, in_chs: int, channels: int, pool_scales: Sequence[int], norm: str | None, align_corners: bool
+    ):
         super().__init__()
         self.align_corners = align_corners
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(int(s)), ConvNormReLU(in_chs, channels, 1, norm)) for s in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(int(s)), ConvNormReLU(in_chs, channels, 1, norm))
+            for s in pool_scales
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +73,13 @@ class UPerHead(nn.Module):
         self.channels = channels
         self.align_corners = align_corners
         self.ppm = PyramidPooling(in_channels[-1], channels, pool_scales, norm_layer, align_corners)
-        self.ppm_bottleneck = ConvNormReLU(in_channels[-1] + len(pool_scales) * channels, channels, 3, norm_layer)
+        self.ppm_bottleneck = ConvNormReLU(
+            in_channels[-1] + len(pool_scales) * channels, channels, 3, norm_layer
+        )
         self.lateral_convs = nn.ModuleList(ConvNormReLU(c, channels, 1, norm_layer) for c in in_channels[:-1])
-        self.fpn_convs = nn.ModuleList(ConvNormReLU(channels, channels, 3, norm_layer) for _ in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(
+            ConvNormReLU(channels, channels, 3, norm_layer) for _ in in_channels[:-1]
+        )
         self.fpn_bottleneck = ConvNormReLU(len(in_channels) * channels, channels, 3, norm_layer)
         self.classifier = SegClassifier(channels, num_classes, dropout)
 
@@ -83,7 +90,9 @@ class UPerHead(nn.Module):
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, features[:-1], strict=True)]
         laterals.append(self.ppm_bottleneck(self.ppm(features[-1])))
         for i in range(len(laterals) - 1, 0, -1):  # top-down: coarse to fine
-            laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:], self.align_corners)
+            laterals[i - 1] = laterals[i - 1] + resize(
+                laterals[i], laterals[i - 1].shape[-2:], self.align_corners
+            )
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1], strict=True)]
         outs.append(laterals[-1])
         size = outs[0].shape[-2:]

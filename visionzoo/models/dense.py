@@ -59,10 +59,14 @@ class DenseSegmenter(nn.Module):
             kwargs.pop(key, None)
         kwargs.setdefault("out_indices", tuple(out_indices))
         try:
-            self.backbone = timm.create_model(backbone_name, pretrained=pretrained, features_only=True, **kwargs)
+            self.backbone = timm.create_model(
+                backbone_name, pretrained=pretrained, features_only=True, **kwargs
+            )
         except (RuntimeError, AttributeError) as err:
             if "features_only" in str(err) or "feature" in str(err).lower():
-                raise ConfigError(f"model '{backbone_name}' cannot serve as a dense backbone: {err}") from None
+                raise ConfigError(
+                    f"model '{backbone_name}' cannot serve as a dense backbone: {err}"
+                ) from None
             raise
         self.backbone_name = backbone_name
         self.num_classes = int(num_classes)
@@ -80,7 +84,9 @@ class DenseSegmenter(nn.Module):
         """The backbone's feature levels."""
         return list(self.backbone(x))
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_aux: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, num_classes, H, W)`` at the input size; with ``return_aux`` also the auxiliary head's."""
         size = x.shape[-2:]
         features = self.forward_features(x)
@@ -130,8 +136,11 @@ def _prefix_matcher(matcher: Any, prefix: str) -> Any:
         return "^" + escaped + matcher[1:] if matcher.startswith("^") else escaped + matcher
     if isinstance(matcher, dict):
         return {k: _prefix_matcher(v, prefix) for k, v in matcher.items()}
-    if isinstance(matcher, list | tuple) and len(matcher) == 2 and isinstance(matcher[0], str) and (
-        matcher[1] is None or isinstance(matcher[1], tuple)
+    if (
+        isinstance(matcher, list | tuple)
+        and len(matcher) == 2
+        and isinstance(matcher[0], str)
+        and (matcher[1] is None or isinstance(matcher[1], tuple))
     ):
         return (_prefix_matcher(matcher[0], prefix), matcher[1])
     if isinstance(matcher, list | tuple):

@@ -65,7 +65,11 @@ class ClassificationTask(L.LightningModule):
         if not cfg:
             return None
         cfg = dict(cfg)
-        if cfg.get("mixup_alpha", 0) <= 0 and cfg.get("cutmix_alpha", 0) <= 0 and not cfg.get("cutmix_minmax"):
+        if (
+            cfg.get("mixup_alpha", 0) <= 0
+            and cfg.get("cutmix_alpha", 0) <= 0
+            and not cfg.get("cutmix_minmax")
+        ):
             return None
         return Mixup(num_classes=num_classes, label_smoothing=smoothing, **cfg)
 
@@ -84,7 +88,9 @@ class ClassificationTask(L.LightningModule):
         self.train_loss(loss.detach())
         self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True)
         if self._trainer is not None and self._trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log(
+                "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False
+            )
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
@@ -119,4 +125,7 @@ class ClassificationTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, scaled_lr(self.optimizer_cfg, self._global_batch_size()))
-        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg),
+        }

@@ -58,7 +58,9 @@ def steps_per_epoch(trainer: L.Trainer) -> int:
     _ = trainer.estimated_stepping_batches  # sets up the train dataloader and num_training_batches
     batches = trainer.num_training_batches
     if not math.isfinite(batches):
-        raise ConfigError("the training dataloader has no length; set trainer.max_steps and scheduler.name=constant.")
+        raise ConfigError(
+            "the training dataloader has no length; set trainer.max_steps and scheduler.name=constant."
+        )
     return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
@@ -95,11 +97,15 @@ def build_scheduler(
     elif name == "constant":
         fn = Constant(warmup, float(cfg["warmup_ratio"]))
     elif name == "step":  # StepLR per epoch: lr x gamma every step_epochs
-        fn = StepDecay(per_epoch, int(cfg.get("step_epochs", 30)), float(cfg.get("gamma", 0.1)), float(cfg["min_ratio"]))
+        fn = StepDecay(
+            per_epoch, int(cfg.get("step_epochs", 30)), float(cfg.get("gamma", 0.1)), float(cfg["min_ratio"])
+        )
     elif name == "exponential":  # ExponentialLR per epoch
         fn = ExponentialDecay(per_epoch, float(cfg.get("gamma", 0.98)), float(cfg["min_ratio"]))
     elif name == "poly":
-        fn = PolyDecay(total, float(cfg.get("power", 0.9)), warmup, float(cfg["warmup_ratio"]), float(cfg["min_ratio"]))
+        fn = PolyDecay(
+            total, float(cfg.get("power", 0.9)), warmup, float(cfg["warmup_ratio"]), float(cfg["min_ratio"])
+        )
     else:
         raise ConfigError(
             f"unknown scheduler.name '{name}'; expected one of cosine, constant, step, exponential, poly."

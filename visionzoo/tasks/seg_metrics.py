@@ -128,7 +128,9 @@ class VolumeDice(Metric):
         return torch.stack(per_volume).mean().float() if per_volume else torch.tensor(float("nan"))
 
 
-def hd95_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None):
+def hd95_per_class(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+):
     """HD95 of each foreground class between two label maps (2D ``H×W`` or 3D ``D×H×W``), with the module's
     empty-mask convention. Returns a float64 tensor of ``num_classes - 1`` values."""
     from monai.metrics import compute_hausdorff_distance
@@ -189,13 +191,21 @@ class HD95(Metric):
         return x.to(torch.int32)
 
     def update(
-        self, pred: torch.Tensor, target: torch.Tensor, volume_id: str | None = None, slice_index: int | None = None
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        volume_id: str | None = None,
+        slice_index: int | None = None,
     ) -> None:
         if volume_id is None:
-            self.values.append(hd95_per_class(pred, target, self.num_classes, self.ignore_index).unsqueeze(0).to(self.device))
+            self.values.append(
+                hd95_per_class(pred, target, self.num_classes, self.ignore_index).unsqueeze(0).to(self.device)
+            )
             return
         h, w = target.shape[-2:]
-        meta = torch.tensor([[_stable_hash(volume_id), int(slice_index or 0), int(h), int(w)]], dtype=torch.long)
+        meta = torch.tensor(
+            [[_stable_hash(volume_id), int(slice_index or 0), int(h), int(w)]], dtype=torch.long
+        )
         self.slice_meta.append(meta.to(self.device))
         self.slice_pred.append(self._small(pred.reshape(-1), False))
         self.slice_target.append(self._small(target.reshape(-1), True))
@@ -206,18 +216,24 @@ class HD95(Metric):
             meta = dim_zero_cat(self.slice_meta).cpu()
             preds = dim_zero_cat(self.slice_pred).cpu()
             targets = dim_zero_cat(self.slice_target).cpu()
-            ignore = None if self.ignore_index is None else (255 if self.num_classes <= 255 else self.ignore_index)
+            ignore = (
+                None if self.ignore_index is None else (255 if self.num_classes <= 255 else self.ignore_index)
+            )
             volumes: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
             offset = 0
             for key, index, h, w in meta.tolist():
                 n = h * w
-                volumes[key].append((index, preds[offset : offset + n].view(h, w), targets[offset : offset + n].view(h, w)))
+                volumes[key].append(
+                    (index, preds[offset : offset + n].view(h, w), targets[offset : offset + n].view(h, w))
+                )
                 offset += n
             for slices in volumes.values():
                 slices.sort(key=lambda s: s[0])
                 shapes = {tuple(s[1].shape) for s in slices}
                 if len(shapes) != 1:
-                    raise ValueError(f"slices of one volume have different sizes {sorted(shapes)}; cannot stack them.")
+                    raise ValueError(
+                        f"slices of one volume have different sizes {sorted(shapes)}; cannot stack them."
+                    )
                 pred = torch.stack([s[1] for s in slices]).long()
                 target = torch.stack([s[2] for s in slices]).long()
                 rows.append(hd95_per_class(pred, target, self.num_classes, ignore).unsqueeze(0))

@@ -40,6 +40,7 @@ def _nanmean(values: torch.Tensor) -> float:
     keep = ~torch.isnan(values)
     return float(values[keep].mean()) if keep.any() else float("nan")
 
+
 #: metric names ``metrics`` may list; IoU / Dice / accuracy are always computed, vDice whenever volume ids exist
 KNOWN_METRICS = {"miou", "mdice", "aacc", "macc", "iou", "dice", "vdice", "hd95"}
 
@@ -96,7 +97,10 @@ class SegmentationTask(L.LightningModule):
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.class_keys = sanitize_class_names(class_names, self.num_classes)
         # class 0 is background (the medical sets): also log foreground-only means, the numbers papers report
-        self.has_background = bool(class_names) and str(class_names[0]).strip().lower() in ("background", "bg")
+        self.has_background = bool(class_names) and str(class_names[0]).strip().lower() in (
+            "background",
+            "bg",
+        )
         self.optimizer_cfg = dict(optimizer or {})
         self.scheduler_cfg = dict(scheduler or {})
         self.criterion = build_loss(loss, self.num_classes, self.ignore_index)
@@ -106,7 +110,9 @@ class SegmentationTask(L.LightningModule):
         requested = {str(m).lower() for m in (metrics or [])}
         unknown = sorted(requested - KNOWN_METRICS)
         if unknown:
-            raise ConfigError(f"metrics has unknown name(s) {', '.join(unknown)}; expected some of {sorted(KNOWN_METRICS)}.")
+            raise ConfigError(
+                f"metrics has unknown name(s) {', '.join(unknown)}; expected some of {sorted(KNOWN_METRICS)}."
+            )
         self.data_config = dict(data_config or {})
 
         self.train_loss = MeanMetric()
@@ -114,7 +120,11 @@ class SegmentationTask(L.LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric())
             setattr(self, f"{stage}_cm", ConfusionMetrics(self.num_classes, self.ignore_index))
             setattr(self, f"{stage}_vdice", VolumeDice(self.num_classes, self.ignore_index))
-            setattr(self, f"{stage}_hd95", HD95(self.num_classes, self.ignore_index) if "hd95" in requested else None)
+            setattr(
+                self,
+                f"{stage}_hd95",
+                HD95(self.num_classes, self.ignore_index) if "hd95" in requested else None,
+            )
 
     # ------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,9 +141,18 @@ class SegmentationTask(L.LightningModule):
         else:
             loss = self.criterion(self.model(images), masks)
         self.train_loss(loss.detach())
-        self.log("train/loss", self.train_loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        self.log(
+            "train/loss",
+            self.train_loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=images.shape[0],
+        )
         if self._trainer is not None and self._trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log(
+                "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False
+            )
         return loss
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,8 +165,14 @@ class SegmentationTask(L.LightningModule):
         logits = self.infer(images).float()
         loss = self.criterion(logits, masks)
         getattr(self, f"{stage}_loss")(loss)
-        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True,
-                 prog_bar=stage == "val", batch_size=images.shape[0])
+        self.log(
+            f"{stage}/loss",
+            getattr(self, f"{stage}_loss"),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=images.shape[0],
+        )
         preds = logits.argmax(dim=1)
         targets = batch.get("orig_mask")
         if targets is None:
@@ -160,7 +185,9 @@ class SegmentationTask(L.LightningModule):
             if tuple(target.shape) == tuple(preds.shape[-2:]):
                 pred = preds[i]
             else:  # back to the original resolution: bilinear on the logits, then argmax
-                pred = F.interpolate(logits[i : i + 1], size=target.shape[-2:], mode="bilinear", align_corners=False)
+                pred = F.interpolate(
+                    logits[i : i + 1], size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
                 pred = pred.argmax(dim=1)[0]
             cm.update(pred, target)
             vid = None if volume_ids is None else str(volume_ids[i])
@@ -181,7 +208,9 @@ class SegmentationTask(L.LightningModule):
             out[f"{stage}/fgIoU"] = _nanmean(res["IoU"][1:])
             out[f"{stage}/fgDice"] = _nanmean(res["Dice"][1:])
         if self.per_class:
-            for key, iou, dice in zip(self.class_keys, res["IoU"].tolist(), res["Dice"].tolist(), strict=True):
+            for key, iou, dice in zip(
+                self.class_keys, res["IoU"].tolist(), res["Dice"].tolist(), strict=True
+            ):
                 out[f"{stage}/IoU/{key}"] = iou
                 out[f"{stage}/Dice/{key}"] = dice
         if vdice.update_called:
@@ -234,4 +263,7 @@ class SegmentationTask(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, scaled_lr(self.optimizer_cfg, self._global_batch_size()))
-        return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg),
+        }
