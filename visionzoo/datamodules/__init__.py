@@ -7,6 +7,7 @@ from ._base import DEFAULT_DATA_CONFIG, DEFAULT_TRAIN_TRANSFORM, ClassificationD
 from .digits import DigitsDataModule
 from .fake import FakeDataModule
 from .folder import IMG_EXTENSIONS, ImageFolderDataModule, ImageNetDataModule, UnreadableImageWarning
+from .reid import Market1501DataModule, PKSampler
 from .segmentation import *  # noqa: F403  (segmentation DataModules, listed in segmentation.__all__)
 from .segmentation import __all__ as _segmentation_all
 
@@ -19,6 +20,8 @@ __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolderDataModule",
     "ImageNetDataModule",
+    "Market1501DataModule",
+    "PKSampler",
     "UnreadableImageWarning",
     *_segmentation_all,
 ]

@@ -4,6 +4,7 @@ from . import (
     biformer,  # noqa: F401
     herseg,  # noqa: F401
     qtseg,  # noqa: F401
+    reid,  # noqa: F401
     sparsifiner,  # noqa: F401
     vit_llm,  # noqa: F401
 )
