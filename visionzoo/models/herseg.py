@@ -67,18 +67,18 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, Mlp, to_2tuple, trunc_normal_
-from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError, InputSizeError
+from ._cfg import SegmentationPretrainedCfg
 from ._registry import register_zoo_model
 from .layers.linear_attention import LinearAttention
 from .layers.rope import rope_2d_rotations
@@ -917,15 +917,7 @@ def _create_herseg(variant: str, pretrained: bool = False, **kwargs) -> HERSeg:
     return model
 
 
-@dataclass
-class _SegmentationPretrainedCfg(PretrainedCfg):
-    """timm's ``PretrainedCfg`` plus ``task``, so ``timm.get_pretrained_cfg('herseg').task == 'segmentation'``
-    (what ``visionzoo.train.model_task`` reads). Not copied into ``model.pretrained_cfg``."""
-
-    task: str = "segmentation"
-
-
-def _cfg(url: str = "", **kwargs) -> _SegmentationPretrainedCfg:
+def _cfg(url: str = "", **kwargs) -> SegmentationPretrainedCfg:
     cfg = {
         "url": url,
         "num_classes": 1,
@@ -942,7 +934,7 @@ def _cfg(url: str = "", **kwargs) -> _SegmentationPretrainedCfg:
         "origin_url": "https://github.com/xq141839/HER-Seg",
         **kwargs,
     }
-    return _SegmentationPretrainedCfg(**cfg)
+    return SegmentationPretrainedCfg(**cfg)
 
 
 _OFFICIAL_COMMIT = "7672f18828e887f2c19b8bd60e236e160ca8a6a9"

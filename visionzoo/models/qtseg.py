@@ -48,18 +48,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, use_fused_attn
-from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError, InputSizeError
+from ._cfg import SegmentationPretrainedCfg
 from ._registry import register_zoo_model
 from .layers.yolo_blocks import SPPF, C2f, ConvBnAct, ConvTransposeBnAct
 
@@ -825,17 +825,6 @@ CONFORMANCE = {
         "torchscript": False,
     },
 }
-
-
-@dataclass
-class SegmentationPretrainedCfg(PretrainedCfg):
-    """timm's ``PretrainedCfg`` plus ``task`` (``timm.get_pretrained_cfg('qtseg').task == 'segmentation'``).
-
-    The field is not copied into ``model.pretrained_cfg`` (see :func:`_create_qtseg`): timm re-validates that
-    dict with its own ``PretrainedCfg`` when a saved model is reloaded (``local-dir:`` / ``hf-hub:``).
-    """
-
-    task: str = "segmentation"
 
 
 def _create_qtseg(variant: str, pretrained: bool = False, **kwargs) -> QTSeg:
