@@ -22,7 +22,7 @@ from timm.data.constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENE
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .samplers import EpochShuffleSampler
+from .loaders import SplitLoadersMixin
 
 #: What the transforms use when ``set_data_config`` is never called (timm's ImageNet defaults).
 DEFAULT_DATA_CONFIG: dict[str, Any] = {
@@ -81,7 +81,7 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(SplitLoadersMixin, L.LightningDataModule):
     """Base class: subclasses provide ``class_names``, ``check()`` and ``_build_datasets(stage)``."""
 
     task = "classification"
@@ -189,35 +189,6 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _build_datasets(self, stage: str | None) -> None:
         raise NotImplementedError
-
-    def _make_loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
-        persistent = self.num_workers > 0
-        sampler = EpochShuffleSampler(len(dataset), seed=self.shuffle_seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False if train else None,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=persistent,
-        )
-
-    def _dataset(self, name: str, stage: str) -> Dataset:
-        if getattr(self, name) is None:
-            self.setup(stage)
-        return getattr(self, name)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._make_loader(self._dataset("train_dataset", "fit"), train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._make_loader(self._dataset("val_dataset", "validate"), train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The test split when the dataset has one, else the validation split."""
-        return self._make_loader(self._dataset("test_dataset", "test"), train=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

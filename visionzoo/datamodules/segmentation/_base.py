@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from ...errors import ConfigError, DatasetError
 from .._base import _positive_int, to_plain
 from ..folder import UnreadableImageWarning, load_rgb
-from ..samplers import EpochShuffleSampler
+from ..loaders import SplitLoadersMixin
 from .transforms import RESIZE_MODES, Normalizer, build_ops, eval_pipeline, fit_to_size, train_pipeline
 
 #: Extensions of 2-D image and mask files (matched case-insensitively).
@@ -390,7 +390,7 @@ def parse_image_size(value: Any) -> tuple[int, int] | None:
     return size, size
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
     """Base class: subclasses set ``dataset_name``, ``class_names`` and implement ``_layout()`` and
     ``_discover(root) -> {"train": [...], "val": [...], "test": [...]}`` (+ ``_reader(split)`` when the
     masks are not binary)."""
@@ -611,29 +611,11 @@ class SegmentationDataModule(L.LightningDataModule):
             ds._seeded_for = None
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), seed=self.shuffle_seed) if train else None,
-            shuffle=False if train else None,
-            drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=None if train else collate_eval,
-        )
+    def _eval_batch_size(self) -> int:
+        return self.val_batch_size
 
-    def _dataset(self, name: str, stage: str) -> SegmentationDataset:
-        if getattr(self, name) is None:
-            self.setup(stage)
-        return getattr(self, name)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train_dataset", "fit"), train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val_dataset", "validate"), train=False)
+    def _eval_collate(self):
+        return collate_eval
 
     def test_dataloader(self) -> DataLoader:
         """The official test split where the dataset has labelled test images, else the validation fold."""
