@@ -59,6 +59,11 @@ def check_model_data_pairing(cfg: DictConfig) -> str:
             f"model '{name}' is a classifier with no segmentation head and the dataset is a segmentation set; "
             "add a dense head (model.head=upernet|fpn) or pick a segmentation model."
         )
+    if data_task == "reid" and task not in {"reid", "classification"}:
+        raise ConfigError(
+            f"model '{name}' is a {task} model and cannot train on the Re-ID dataset "
+            f"'{cfg.data._target_.rsplit('.', 1)[-1]}'; pick a Re-ID model (e.g. model=reid_resnet50) or a classifier."
+        )
     if data_task not in {"classification"} and data_task not in _TASK_BUILDERS:
         raise ConfigError(f"the '{data_task}' task is not available in this version of visionzoo.")
     if data_task == "segmentation" and task == "classification":
@@ -241,10 +246,36 @@ def _data_config_for_task(model: torch.nn.Module, datamodule: Any) -> dict[str, 
     return out
 
 
-_TASK_BUILDERS = {"classification": build_classification_task, "segmentation": build_segmentation_task}
+def build_reid_task(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    num_classes: int,
+    datamodule: L.LightningDataModule | None = None,
+) -> L.LightningModule:
+    """:class:`~visionzoo.tasks.reid.ReIDTask` from ``model.*`` (loss settings under ``model.reid``)."""
+    from .tasks.reid import ReIDTask
+
+    m = cfg.model
+    reid = _container(m.get("reid")) or {}
+    return ReIDTask(
+        model,
+        num_classes=num_classes,
+        optimizer=_container(m.get("optimizer")),
+        scheduler=_container(m.get("scheduler")),
+        label_smoothing=float(m.get("label_smoothing", 0.1)),
+        compile=bool(cfg.get("compile", False)),
+        **reid,
+    )
+
+
+_TASK_BUILDERS = {
+    "classification": build_classification_task,
+    "segmentation": build_segmentation_task,
+    "reid": build_reid_task,
+}
 
 #: what a task is judged by when the config keeps the classification default ``val/acc1``
-_DEFAULT_OPTIMIZED_METRIC = {"segmentation": "val/mIoU"}
+_DEFAULT_OPTIMIZED_METRIC = {"segmentation": "val/mIoU", "reid": "val/mAP"}
 
 
 def _instantiate_group(node: DictConfig | None) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from .classification import ClassificationTask
 from .distillation import DistillationTask
+from .reid import ReIDTask
 from .segmentation import SegmentationTask
 
-__all__ = ["ClassificationTask", "DistillationTask", "SegmentationTask"]
+__all__ = ["ClassificationTask", "DistillationTask", "ReIDTask", "SegmentationTask"]
