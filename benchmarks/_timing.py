@@ -78,3 +78,21 @@ def cpu_model() -> str:
     except (OSError, subprocess.CalledProcessError):
         pass
     return platform.processor() or "unknown"
+
+
+def write_markdown_section(path: str, section: str) -> None:
+    """Replace the ``## <heading>`` section that ``section`` starts with (up to the next ``## ``) in ``path``,
+    or append it; every benchmark script owns one section of docs/benchmarks.md."""
+    import os
+    import re
+
+    heading = section.splitlines()[0]
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text.rstrip("\n") + "\n")

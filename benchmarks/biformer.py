@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import timm  # noqa: E402
-from _timing import cpu_model, gemm_flops, interleaved, peak_alloc_bytes  # noqa: E402
+from _timing import cpu_model, gemm_flops, interleaved, peak_alloc_bytes, write_markdown_section  # noqa: E402
 from reference_bra import ReferenceBiLevelRoutingAttention, use_efficient, use_reference  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -342,18 +342,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(path: str, section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## BiFormer\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -385,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(cmd.strip(), args.rounds, gemm, modules, models, flops, env)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_markdown_section(args.write, section)
         print(f"wrote the '## BiFormer' section of {args.write}")
 
 

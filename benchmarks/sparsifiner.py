@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import sys
 
 import timm
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cpu_model, interleaved  # noqa: E402
+from _timing import cpu_model, interleaved, write_markdown_section  # noqa: E402
 
 import visionzoo  # noqa: E402,F401
 from visionzoo.models.layers.sparse_attention import keep_count, sparse_gather_attention  # noqa: E402
@@ -147,17 +146,6 @@ def section(attn: dict, full: dict, flops: dict, batch: int, rounds: int, cmd: s
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, text_section: str) -> None:
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Sparsifiner\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: text_section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,7 +169,7 @@ def main() -> None:
     cmd = "python benchmarks/sparsifiner.py" + (f" --write {args.write}" if args.write else "")
     text = section(attn, full, flops, args.batch, args.rounds, cmd)
     if args.write:
-        write_section(args.write, text)
+        write_markdown_section(args.write, text)
     else:
         print(text)
 
