@@ -12,30 +12,14 @@
 from __future__ import annotations
 
 import platform
-import statistics
 import subprocess
-import time
 from collections.abc import Callable
 
 import torch
 
+from visionzoo.bench import interleaved  # one implementation, shared with the package
+
 __all__ = ["interleaved", "peak_alloc_bytes", "gemm_flops", "cpu_model"]
-
-
-def interleaved(
-    candidates: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
-) -> dict[str, dict]:
-    """Time each candidate ``rounds`` times, interleaved (A B A B ...). Returns per name: median / min / all (s)."""
-    for _ in range(warmup):
-        for fn in candidates.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: dict(median=statistics.median(ts), min=min(ts), all=ts) for name, ts in times.items()}
 
 
 def peak_alloc_bytes(fn: Callable[[], object]) -> int | None:

@@ -30,7 +30,25 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["benchmark", "gemm_rate", "peak_memory"]
+__all__ = ["benchmark", "gemm_rate", "interleaved", "peak_memory"]
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Time each candidate ``rounds`` times, interleaved (A B A B ...), so that slow phases of a shared machine hit
+    every candidate alike. Returns per name: ``median`` / ``min`` / ``all`` (seconds, ``all`` in round order, so
+    ``all[i]`` of two candidates were measured back to back)."""
+    for _ in range(warmup):
+        for fn in candidates.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: dict(median=statistics.median(ts), min=min(ts), all=ts) for name, ts in times.items()}
 
 
 def _sync(device: torch.device) -> None:
