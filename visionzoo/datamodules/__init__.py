@@ -7,7 +7,8 @@ from ._base import DEFAULT_DATA_CONFIG, DEFAULT_TRAIN_TRANSFORM, ClassificationD
 from .digits import DigitsDataModule
 from .fake import FakeDataModule
 from .folder import IMG_EXTENSIONS, ImageFolderDataModule, ImageNetDataModule, UnreadableImageWarning
-from .reid import Market1501DataModule, PKSampler
+from .reid import Market1501DataModule, PKSampler, ReIDDataModule
+from .reid_folder import ReIDFolderDataModule
 from .segmentation import *  # noqa: F403  (segmentation DataModules, listed in segmentation.__all__)
 from .segmentation import __all__ as _segmentation_all
 
@@ -22,6 +23,8 @@ __all__ = [
     "ImageNetDataModule",
     "Market1501DataModule",
     "PKSampler",
+    "ReIDDataModule",
+    "ReIDFolderDataModule",
     "UnreadableImageWarning",
     *_segmentation_all,
 ]

@@ -1,4 +1,8 @@
-"""Person re-identification data: Market-1501 with identity (PK) sampling.
+"""Person re-identification data: :class:`ReIDDataModule` (shared machinery), Market-1501, PK sampling.
+
+:class:`ReIDDataModule` holds everything but the file layout; a subclass implements ``_load_records()`` (and its
+own error sentences). :class:`~visionzoo.datamodules.reid_folder.ReIDFolderDataModule` reads a generic
+``ROOT/{train,query,gallery}/<identity>/<image>`` layout.
 
 Layout (``Market-1501-v15.09.15`` as released; ``root`` may be that folder or its parent)::
 
@@ -40,11 +44,23 @@ from ..errors import ConfigError, DatasetError
 from ._base import _positive_int, to_plain
 from .folder import is_image_file, load_rgb
 
-__all__ = ["MARKET1501_DIRNAME", "Market1501DataModule", "PKSampler", "ReIDDataset", "parse_market_name"]
+__all__ = [
+    "MARKET1501_DIRNAME",
+    "Market1501DataModule",
+    "PKSampler",
+    "ReIDDataModule",
+    "ReIDDataset",
+    "Records",
+    "parse_market_name",
+]
 
 MARKET1501_DIRNAME = "Market-1501-v15.09.15"
 _NAME = re.compile(r"^(-?\d+)_c(\d+)")
 _SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+
+#: ``{"train": [...], "query": [...], "gallery": [...]}`` of ``(path, pid, camid)``; pid ``-1`` = junk (dropped
+#: everywhere), ``0`` = distractor (kept in the gallery only), ``> 0`` = a real identity.
+Records = dict[str, list[tuple[str, int, int]]]
 
 
 def parse_market_name(name: str) -> tuple[int, int] | None:
@@ -143,11 +159,14 @@ class ReIDDataset(Dataset):
         return item
 
 
-class Market1501DataModule(L.LightningDataModule):
-    """Market-1501 for Re-ID training (ID classes = train identities) and query/gallery evaluation.
+class ReIDDataModule(L.LightningDataModule):
+    """Re-ID training (ID classes = train identities) and query/gallery evaluation, whatever the file layout.
+
+    A subclass implements :meth:`_load_records` (scan the files, raise :class:`DatasetError` with one sentence
+    when the layout is wrong or a split has no usable image) and may override :attr:`class_names`.
 
     Args:
-        root: the ``Market-1501-v15.09.15`` folder (or its parent).
+        root: the dataset folder.
         batch_size: images per train batch, ``P * K``; must be a multiple of ``num_instances``.
         num_instances: K, images per identity in a train batch.
         eval_batch_size: images per val/test batch (default: ``batch_size``).
@@ -204,64 +223,25 @@ class Market1501DataModule(L.LightningDataModule):
         self.pad = int(pad)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.shuffle_seed = 0
-        self._records: dict[str, list[tuple[str, int, int]]] | None = None
+        self._records: Records | None = None
         self._train_pids: list[int] | None = None
         self.train_dataset: ReIDDataset | None = None
         self.val_dataset: ReIDDataset | None = None
         self.test_dataset: ReIDDataset | None = None
 
     # ------------------------------------------------------------------ layout
-    @property
-    def data_dir(self) -> Path | None:
-        if self.root is not None and (self.root / MARKET1501_DIRNAME).is_dir():
-            return self.root / MARKET1501_DIRNAME
-        return self.root
+    def _load_records(self) -> Records:
+        """Scan the files: ``{"train", "query", "gallery"}`` lists of ``(path, pid, camid)`` (see :data:`Records`).
 
-    def _scan(self, split: str) -> list[tuple[str, int, int]]:
-        folder = self.data_dir / split
-        if not folder.is_dir():
-            raise DatasetError(
-                f"Market-1501 split folder '{folder}' is missing: expected ROOT/{{{','.join(_SPLITS)}}}/"
-                f"<pid>_c<cam>s<seq>_<frame>_<box>.jpg under data.root ({MARKET1501_DIRNAME} layout)."
-            )
-        records, unparsed = [], []
-        for name in sorted(os.listdir(folder)):
-            if name.startswith(".") or not is_image_file(name):
-                continue
-            parsed = parse_market_name(name)
-            if parsed is None:
-                unparsed.append(name)
-                continue
-            records.append((str(folder / name), *parsed))
-        if unparsed:
-            raise DatasetError(
-                f"'{folder / unparsed[0]}' (and {len(unparsed) - 1} more) does not follow Market-1501 naming: "
-                "expected <pid>_c<cam>s<seq>_<frame>_<box>.jpg, e.g. 0002_c1s1_000451_03.jpg."
-            )
-        return records
+        Raises :class:`DatasetError` (one sentence naming the path and the expected layout) when ``root`` is
+        unset or missing, a split is missing, or train/query hold no real identity or the gallery no image.
+        """
+        raise NotImplementedError
 
     def check(self) -> None:
-        if self.root is None:
-            raise DatasetError(f"data.root is not set: point it at the {MARKET1501_DIRNAME} folder.")
-        if not self.root.is_dir():
-            raise DatasetError(
-                f"data.root '{self.root}' is not an existing folder: expected the {MARKET1501_DIRNAME} folder."
-            )
-        recs = {s: self._scan(s) for s in _SPLITS}
-        train_pids = sorted({p for _, p, _ in recs["bounding_box_train"] if p > 0})
-        if not train_pids:
-            raise DatasetError(
-                f"'{self.data_dir / 'bounding_box_train'}' holds no image of a real identity: "
-                "expected files such as 0002_c1s1_000451_03.jpg."
-            )
-        if not any(p > 0 for _, p, _ in recs["query"]):
-            raise DatasetError(f"'{self.data_dir / 'query'}' holds no query image of a real identity.")
-        if not any(p >= 0 for _, p, _ in recs["bounding_box_test"]):
-            raise DatasetError(
-                f"'{self.data_dir / 'bounding_box_test'}' holds no gallery image (besides junk)."
-            )
+        recs = self._load_records()
         self._records = recs
-        self._train_pids = train_pids
+        self._train_pids = sorted({p for _, p, _ in recs["train"] if p > 0})
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -277,7 +257,7 @@ class Market1501DataModule(L.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return [f"{p:04d}" for p in self.train_pids]
+        return [str(p) for p in self.train_pids]
 
     # ------------------------------------------------------------------ transforms
     def set_data_config(self, data_config: Mapping[str, Any]) -> None:
@@ -322,11 +302,11 @@ class Market1501DataModule(L.LightningDataModule):
         recs = self._records
         if self.train_dataset is None:
             label = {p: i for i, p in enumerate(self._train_pids)}
-            train = [(path, label[p], c, False) for path, p, c in recs["bounding_box_train"] if p > 0]
+            train = [(path, label[p], c, False) for path, p, c in recs["train"] if p > 0]
             self.train_dataset = ReIDDataset(train, self.build_train_transform(), with_flag=False)
         if self.val_dataset is None:
             query = [(path, p, c, True) for path, p, c in recs["query"] if p > 0]
-            gallery = [(path, p, c, False) for path, p, c in recs["bounding_box_test"] if p >= 0]
+            gallery = [(path, p, c, False) for path, p, c in recs["gallery"] if p >= 0]
             self.val_dataset = ReIDDataset(query + gallery, self.build_eval_transform())
             self.test_dataset = self.val_dataset
 
@@ -366,3 +346,66 @@ class Market1501DataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+class Market1501DataModule(ReIDDataModule):
+    """Market-1501 (see the module docstring): ``root`` is the ``Market-1501-v15.09.15`` folder (or its parent);
+    the other arguments are :class:`ReIDDataModule`'s."""
+
+    @property
+    def data_dir(self) -> Path | None:
+        if self.root is not None and (self.root / MARKET1501_DIRNAME).is_dir():
+            return self.root / MARKET1501_DIRNAME
+        return self.root
+
+    def _scan(self, split: str) -> list[tuple[str, int, int]]:
+        folder = self.data_dir / split
+        if not folder.is_dir():
+            raise DatasetError(
+                f"Market-1501 split folder '{folder}' is missing: expected ROOT/{{{','.join(_SPLITS)}}}/"
+                f"<pid>_c<cam>s<seq>_<frame>_<box>.jpg under data.root ({MARKET1501_DIRNAME} layout)."
+            )
+        records, unparsed = [], []
+        for name in sorted(os.listdir(folder)):
+            if name.startswith(".") or not is_image_file(name):
+                continue
+            parsed = parse_market_name(name)
+            if parsed is None:
+                unparsed.append(name)
+                continue
+            records.append((str(folder / name), *parsed))
+        if unparsed:
+            raise DatasetError(
+                f"'{folder / unparsed[0]}' (and {len(unparsed) - 1} more) does not follow Market-1501 naming: "
+                "expected <pid>_c<cam>s<seq>_<frame>_<box>.jpg, e.g. 0002_c1s1_000451_03.jpg."
+            )
+        return records
+
+    def _load_records(self) -> Records:
+        if self.root is None:
+            raise DatasetError(f"data.root is not set: point it at the {MARKET1501_DIRNAME} folder.")
+        if not self.root.is_dir():
+            raise DatasetError(
+                f"data.root '{self.root}' is not an existing folder: expected the {MARKET1501_DIRNAME} folder."
+            )
+        recs = {s: self._scan(s) for s in _SPLITS}
+        if not any(p > 0 for _, p, _ in recs["bounding_box_train"]):
+            raise DatasetError(
+                f"'{self.data_dir / 'bounding_box_train'}' holds no image of a real identity: "
+                "expected files such as 0002_c1s1_000451_03.jpg."
+            )
+        if not any(p > 0 for _, p, _ in recs["query"]):
+            raise DatasetError(f"'{self.data_dir / 'query'}' holds no query image of a real identity.")
+        if not any(p >= 0 for _, p, _ in recs["bounding_box_test"]):
+            raise DatasetError(
+                f"'{self.data_dir / 'bounding_box_test'}' holds no gallery image (besides junk)."
+            )
+        return {
+            "train": recs["bounding_box_train"],
+            "query": recs["query"],
+            "gallery": recs["bounding_box_test"],
+        }
+
+    @property
+    def class_names(self) -> list[str]:
+        return [f"{p:04d}" for p in self.train_pids]
