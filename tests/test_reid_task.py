@@ -64,7 +64,7 @@ def _tiny_overrides(root) -> list[str]:
         "data.num_workers=0",
         "data.image_size=[64,32]",
         "+model.kwargs.layers=[1,1,1,1]",
-        "+model.kwargs.attn_positions=[[1,0]]",
+        "model.attn_positions=[[1,0]]",
         "model.scheduler.warmup_epochs=1",
     ]
 
@@ -107,3 +107,69 @@ def test_reid_rejects_segmentation_model(tmp_path):
     cfg = compose_cfg(["model=herseg", "data=market1501", f"data.root={tmp_path}"], tmp_path / "out")
     with pytest.raises(ConfigError, match="Re-ID dataset"):
         check_model_data_pairing(cfg)
+
+
+class _FeaturesAsImages(torch.nn.Module):
+    """A stand-in Re-ID model whose "images" already are the embeddings."""
+
+    def forward_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+def _task_eval_metrics(**task_kwargs) -> dict[str, float]:
+    from test_reid_rerank import _hub_example  # tests/ is on sys.path (rootdir conftest)
+
+    from visionzoo.tasks.reid import ReIDTask
+
+    qf, gf, qp, gp, qc, gc = _hub_example()
+    task = ReIDTask(_FeaturesAsImages(), num_classes=2, normalize_eval=False, **task_kwargs)
+    logged: dict[str, float] = {}
+    task.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    batch = {
+        "image": torch.cat([gf[:5], qf, gf[5:]]),  # query in the middle of the gallery
+        "pid": torch.tensor([*gp[:5], *qp, *gp[5:]]),
+        "camid": torch.tensor([*gc[:5], *qc, *gc[5:]]),
+        "is_query": torch.tensor([False] * 5 + [True] + [False] * 5),
+    }
+    task.validation_step(batch, 0)
+    task.on_validation_epoch_end()
+    return logged
+
+
+def test_reid_task_rerank_metrics():
+    plain = _task_eval_metrics()
+    assert set(plain) == {"val/mAP", "val/rank1", "val/rank5", "val/rank10"}
+    assert plain["val/rank1"] == 0.0 and plain["val/mAP"] < 0.7  # wrong nearest neighbour (see _hub_example)
+    reranked = _task_eval_metrics(rerank=True, rerank_k1=4, rerank_k2=1, rerank_lambda=0.3)
+    assert set(reranked) == set(plain)
+    assert reranked["val/rank1"] == 1.0 and reranked["val/mAP"] == pytest.approx(1.0)
+    # lambda 1: the original distance alone, same ranking as without re-ranking
+    assert _task_eval_metrics(rerank=True, rerank_k1=4, rerank_k2=1, rerank_lambda=1.0) == plain
+
+
+def test_reid_task_rerank_rejects_bad_settings():
+    from visionzoo.tasks.reid import ReIDTask
+
+    with pytest.raises(ConfigError, match="rerank_k1 >= 1"):
+        ReIDTask(_FeaturesAsImages(), num_classes=2, rerank=True, rerank_k1=0)
+    with pytest.raises(ConfigError, match=r"rerank_lambda in \[0, 1\]"):
+        ReIDTask(_FeaturesAsImages(), num_classes=2, rerank=True, rerank_lambda=2.0)
+
+
+def test_reid_run_tiny_market_rerank(tmp_path):
+    from visionzoo.train import run
+
+    write_market(tmp_path / "data")
+    cfg = compose_cfg(
+        [
+            *_tiny_overrides(tmp_path / "data"),
+            "model.reid.rerank=true",
+            "model.reid.rerank_k1=3",
+            "test=false",
+        ],
+        tmp_path / "out",
+    )
+    assert cfg.model.reid.rerank_k2 == 6 and cfg.model.reid.rerank_lambda == 0.3
+    metrics = run(cfg)
+    for key in ("val/mAP", "val/rank1", "val/rank5", "val/rank10"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics)

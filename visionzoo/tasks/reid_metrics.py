@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["compute_reid_metrics", "reid_distance"]
+__all__ = ["compute_reid_metrics", "reid_distance", "reid_metrics_from_distance"]
 
 
 def _as_long(x: torch.Tensor | Sequence[int], name: str) -> torch.Tensor:
@@ -64,9 +64,25 @@ def compute_reid_metrics(
     Returns ``{"mAP", "rank1", "rank5", "rank10", "num_valid_queries"}`` plus ``rank{max_rank}`` when
     ``max_rank`` is another value; ranks beyond ``max_rank`` are not computed and are left out.
     """
+    dist = reid_distance(qf, gf, metric)
+    return reid_metrics_from_distance(dist, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+
+
+def reid_metrics_from_distance(
+    dist: torch.Tensor,
+    q_pids: torch.Tensor | Sequence[int],
+    g_pids: torch.Tensor | Sequence[int],
+    q_camids: torch.Tensor | Sequence[int],
+    g_camids: torch.Tensor | Sequence[int],
+    max_rank: int = 10,
+) -> dict[str, float]:
+    """:func:`compute_reid_metrics` from a precomputed ``(Q, G)`` distance matrix (smaller = more similar), e.g.
+    the k-reciprocal re-ranked one of :func:`visionzoo.tasks.reid_rerank.k_reciprocal_rerank`."""
+    dist = torch.as_tensor(dist).detach().cpu()
+    if dist.dim() != 2:
+        raise ValueError(f"the distance matrix must be (Q, G), got shape {tuple(dist.shape)}.")
     q_pids, g_pids = _as_long(q_pids, "q_pids"), _as_long(g_pids, "g_pids")
     q_camids, g_camids = _as_long(q_camids, "q_camids"), _as_long(g_camids, "g_camids")
-    dist = reid_distance(qf, gf, metric)
     num_q, num_g = dist.shape
     if not (len(q_pids) == len(q_camids) == num_q and len(g_pids) == len(g_camids) == num_g):
         raise ValueError(
