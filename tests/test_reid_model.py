@@ -80,7 +80,19 @@ def test_lab_block_gate_and_cost():
     assert torch.all(
         (y / x.where(x.abs() > 1e-6, torch.ones_like(x)) - 1).abs() <= 1 + 1e-5
     )  # gate in (0, 1)
-    assert sum(p.numel() for p in blk.parameters()) == 3 + 64 * 49 + 64 + 64
+    assert sum(p.numel() for p in blk.parameters()) == 3 + 2 * 49 + 1 + 64
+    # against the formula of the module docstring, written out with plain ops
+    with torch.no_grad():
+        blk.gamma.copy_(torch.linspace(-1, 1, 64))
+        c = torch.sigmoid(
+            torch.nn.functional.conv1d(x.mean((2, 3))[:, None], blk.channel_conv.weight, padding=1)
+        )
+        stats = torch.stack([x.mean(1), x.max(1).values], 1)
+        s = torch.sigmoid(
+            torch.nn.functional.conv2d(stats, blk.spatial_conv.weight, blk.spatial_conv.bias, padding=3)
+        )
+        expected = x + blk.gamma.view(1, -1, 1, 1) * c.view(2, 64, 1, 1) * s * x
+        torch.testing.assert_close(blk(x), expected)
     with pytest.raises(ValueError, match="attn_block"):
         create_reid_attn("foo", 8)
 
@@ -115,3 +127,45 @@ def test_bnneck():
     torch.testing.assert_close(scripted(x), model(x))
     model.reset_classifier(0, "")
     assert isinstance(model.neck, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("experiment", ["reid_market1501_resnet50_lab", "reid_market1501_resnet50_baseline"])
+def test_experiments_start_from_timm_resnet50_hub_weights_offline(tmp_path, monkeypatch, experiment):
+    """The experiments start from `hf_hub_id: timm/resnet50.tv_in1k`: with that file in a (here: hand-made)
+    Hugging Face cache and the hub offline, the runner's model gets exactly those weights, the attention blocks
+    stay the identity and the 751-id classifier is new; without the file the error names the repository."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from tests.hydra_helpers import compose_cfg
+    from visionzoo.train import build_model
+
+    torch.manual_seed(3)
+    sd = {k: v.contiguous() for k, v in timm.create_model("resnet50").state_dict().items()}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--timm--resnet50.tv_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(sd, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    cfg = compose_cfg([f"experiment={experiment}", "data.root=/nowhere"], tmp_path / "out")
+    model = build_model(cfg, num_classes=751, data_task="reid")
+    got = model.state_dict()
+    for key, value in sd.items():
+        if not key.startswith("fc."):
+            assert torch.equal(got[key], value), key
+    assert got["fc.weight"].shape == (751, 2048) and "fc.bias" not in got
+    gammas = [v for k, v in got.items() if k.endswith(".gamma")]
+    if experiment.endswith("_lab"):
+        assert model.attn_positions == [(1, 3), (2, 5)] and len(gammas) == 2
+        assert all(float(g.abs().max()) == 0.0 for g in gammas)
+    else:
+        assert model.attn_positions == [] and gammas == []
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(Exception, match="resnet50.tv_in1k"):
+        build_model(cfg, num_classes=751, data_task="reid")
