@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.hydra_helpers import ROOT, compose_cfg, run_train_cli
 from tests.test_reid_data import write_market
+from tests.test_reid_task import _tiny_overrides
 from visionzoo.errors import ConfigError
 from visionzoo.reid_placement import (
     PlacementRun,
@@ -171,24 +172,8 @@ def test_placement_search_through_train_py_multirun(tmp_path):
     """Acceptance: training + evaluation through train.py on a tiny Market-1501 layout, as a two-placement
     multirun, then the accuracy-vs-latency table over its folder."""
     write_market(tmp_path / "data")
-    args = [
-        "-m",
-        *TINY[:2],
-        f"data.root={tmp_path / 'data'}",
-        "trainer=cpu",
-        "logger=csv",
-        "callbacks=none",
-        "trainer.max_epochs=1",
-        "data.batch_size=8",
-        "data.num_instances=2",
-        "data.eval_batch_size=8",
-        "data.num_workers=0",
-        "data.image_size=[64,32]",
-        "+model.kwargs.layers=[1,1,1,1]",
-        "model.scheduler.warmup_epochs=1",
-        "task_name=placement",
-        "model.attn_positions=[],[layer2.0]",
-    ]
+    tiny = [o for o in _tiny_overrides(tmp_path / "data") if not o.startswith("model.attn_positions")]
+    args = ["-m", *tiny, "callbacks=none", "task_name=placement", "model.attn_positions=[],[layer2.0]"]
     proc = run_train_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (multirun,) = (tmp_path / "logs" / "placement" / "multiruns").iterdir()
