@@ -79,3 +79,15 @@ def test_freeze_submodule_switches_gradients_by_epoch() -> None:
         callback.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), module)
         assert all(p.requires_grad is not frozen for p in model.image_encoder.parameters())
         assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_poly_with_warmup_is_mmseg_poly():
+    """mmcv's PolyLrUpdaterHook + linear warm-up: lr = base * (1 - i/T)^p * (1 - (1 - i/W)(1 - r)) during warm-up,
+    base * (1 - i/T)^p after; min_lr enters as min + (base - min) * (1 - i/T)^p (values from the formula)."""
+    poly = PolyDecay(total_steps=160_000, power=1.0, warmup_steps=1500, warmup_ratio=1e-6)
+    assert poly(0) == pytest.approx(1e-6)
+    assert poly(750) == pytest.approx((1 - 750 / 160_000) * (1 - (1 - 0.5) * (1 - 1e-6)))
+    assert poly(1500) == pytest.approx(1 - 1500 / 160_000)
+    assert poly(80_000) == pytest.approx(0.5) and poly(160_000) == 0.0
+    floored = PolyDecay(total_steps=100, power=0.9, min_ratio=0.1)
+    assert floored(50) == pytest.approx(0.1 + 0.9 * 0.5**0.9) and floored(100) == pytest.approx(0.1)

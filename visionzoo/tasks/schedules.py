@@ -72,7 +72,9 @@ class ExponentialDecay:
 
 @dataclass
 class PolyDecay:
-    """``(1 - step / total) ** power`` after an optional linear warm-up (mmseg / nnU-Net style)."""
+    """mmseg's ``poly`` policy: ``min + (1 - min) * (1 - step / total) ** power`` over the whole run; a linear
+    warm-up multiplies it by ``warmup_ratio + (1 - warmup_ratio) * step / warmup_steps`` while it lasts (so the
+    curve is continuous where the warm-up ends). Without warm-up and ``min_ratio`` this is nnU-Net's schedule."""
 
     total_steps: int
     power: float = 0.9
@@ -81,7 +83,8 @@ class PolyDecay:
     min_ratio: float = 0.0
 
     def __call__(self, step: int) -> float:
-        if self.warmup_steps > 0 and step < self.warmup_steps:
-            return self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
         progress = min(1.0, step / max(1, self.total_steps))
-        return max(self.min_ratio, (1.0 - progress) ** self.power)
+        value = self.min_ratio + (1.0 - self.min_ratio) * (1.0 - progress) ** self.power
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            value *= self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
+        return value
