@@ -464,3 +464,63 @@ def test_every_segmentation_datamodule_trains_a_step_through_the_runner(dataset:
     metrics = run(cfg)
     assert metrics["train/loss"] > 0 and any(k.startswith("test/") for k in metrics)
     assert 0.0 <= metrics.get("test/mDice", metrics.get("test/mIoU")) <= 1.0
+
+
+def test_keep_ratio_eval_resize_is_mmsegs(tmp_path: Path) -> None:
+    """eval_resize=shortest: one scale min(s / short, 4 s / long), aspect kept (mmseg's test Resize)."""
+    import numpy as np
+    from seg_layouts import write_ade20k
+
+    from visionzoo.datamodules import ADE20KDataModule
+    from visionzoo.datamodules.segmentation.transforms import KeepRatioResize
+    from visionzoo.errors import ConfigError
+
+    resize = KeepRatioResize(512, 2048)
+    assert resize(np.zeros((512, 683, 3), np.uint8))["image"].shape == (512, 683, 3)  # already fits
+    out = resize(np.zeros((300, 1500, 3), np.uint8), np.zeros((300, 1500), np.uint8))
+    assert out["image"].shape == (410, 2048, 3) and out["mask"].shape == (410, 2048)  # the long side binds
+    assert resize(np.zeros((256, 200, 3), np.uint8))["image"].shape == (655, 512, 3)  # 2.56x, rounded
+
+    root = write_ade20k(tmp_path / "ade", n_train=2, n_val=2, size=(40, 96))
+    dm = ADE20KDataModule(root=root, image_size=64, val_batch_size=1, eval_resize="shortest", num_workers=0)
+    dm.setup("validate")
+    item = dm.val_dataset[0]
+    assert item["image"].shape == (3, 64, 154) and item["mask"].shape == (64, 154)
+    assert item["orig_mask"].shape == (40, 96)
+    with pytest.raises(ConfigError, match="set data.val_batch_size=1"):
+        ADE20KDataModule(root=root, image_size=64, val_batch_size=2, eval_resize="shortest")
+    with pytest.raises(ConfigError, match="data.eval_resize must be one of stretch, shortest"):
+        ADE20KDataModule(root=root, image_size=64, eval_resize="crop")
+
+
+@pytest.mark.parametrize("variant", ["small", "base"])
+def test_biformer_upernet_ade20k_recipe_steps_on_non_square_images(tmp_path: Path, variant: str) -> None:
+    """The official UPerNet recipe composes as stated and runs two iterations + a keep-ratio evaluation."""
+    from seg_layouts import write_ade20k
+
+    root = write_ade20k(tmp_path / "ade", n_train=4, n_val=2, size=(40, 96))
+    experiment = f"experiment=biformer_{variant}_upernet_ade20k"
+    cfg = compose_cfg([experiment, f"data.root={root}"], tmp_path / "full")
+    assert cfg.model.name == f"biformer_{variant}" and cfg.model.kwargs.pretrained is True
+    assert cfg.model.kwargs.drop_path_rate == {"small": 0.3, "base": 0.4}[variant]
+    assert cfg.model.optimizer.lr == 6e-5 and cfg.model.optimizer.weight_decay == 0.01
+    assert cfg.model.scheduler.name == "poly" and cfg.model.scheduler.warmup_steps == 1500
+    assert cfg.trainer.max_steps == 160_000 and cfg.trainer.val_check_interval == 16_000
+    assert cfg.model.dense_kwargs.n_win == 8 and cfg.model.dense_kwargs.auto_pad is True
+    assert cfg.data.eval_resize == "shortest" and cfg.data.val_batch_size == 1
+
+    small = [o for o in ADE_SMALL if not o.startswith(("trainer.max_steps", "data.val_batch_size"))]
+    cfg = compose_cfg(
+        [
+            experiment,
+            f"data.root={root}",
+            *small,
+            "model.kwargs.pretrained=false",
+            "+model.kwargs.embed_dims=[32,64,128,256]",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "model.scheduler.warmup_steps=1",
+        ],
+        tmp_path / "run",
+    )
+    _check_ade_run(tmp_path / "run", run(cfg))

@@ -57,6 +57,9 @@ def steps_per_epoch(trainer: L.Trainer) -> int:
     """Optimizer steps in one epoch on this process (after limit_train_batches and accumulation)."""
     _ = trainer.estimated_stepping_batches  # sets up the train dataloader and num_training_batches
     batches = trainer.num_training_batches
+    if not math.isfinite(batches) and trainer.max_epochs == -1:  # iteration-based: Lightning skipped the set-up
+        trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
     if not math.isfinite(batches):
         raise ConfigError(
             "the training dataloader has no length; set trainer.max_steps and scheduler.name=constant."

@@ -47,7 +47,15 @@ from ...errors import ConfigError, DatasetError
 from .._base import _positive_int, to_plain
 from ..folder import UnreadableImageWarning, load_rgb
 from ..loaders import SplitLoadersMixin
-from .transforms import RESIZE_MODES, Normalizer, build_ops, eval_pipeline, fit_to_size, train_pipeline
+from .transforms import (
+    EVAL_RESIZE_MODES,
+    RESIZE_MODES,
+    Normalizer,
+    build_ops,
+    eval_pipeline,
+    fit_to_size,
+    train_pipeline,
+)
 
 #: Extensions of 2-D image and mask files (matched case-insensitively).
 SEG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -412,6 +420,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         pin_memory: bool = False,
         train_transform: list | None = None,
         resize: str = "stretch",
+        eval_resize: str = "stretch",
         normalize: str | Mapping | None = None,
         color_space: str = "RGB",
         predict_dir: str | os.PathLike | None = None,
@@ -431,6 +440,16 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         if resize not in RESIZE_MODES:
             raise ConfigError(f"data.resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}.")
         self.resize = resize
+        if eval_resize not in EVAL_RESIZE_MODES:
+            raise ConfigError(
+                f"data.eval_resize must be one of {', '.join(EVAL_RESIZE_MODES)}, got {eval_resize!r}."
+            )
+        if eval_resize == "shortest" and self.val_batch_size != 1:
+            raise ConfigError(
+                "data.eval_resize=shortest keeps each image's aspect ratio, so evaluation images differ in size: "
+                f"set data.val_batch_size=1 (got {self.val_batch_size})."
+            )
+        self.eval_resize = eval_resize
         self.normalize = self._parse_normalize(to_plain(normalize))
         space = str(color_space)
         if space.upper() != "RGB" and colour_code(space) is None:
@@ -574,9 +593,13 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
                 self.splits["train"],
             )
         elif split == "predict":
-            transform, mode, samples = eval_pipeline(size), "predict", self._predict_samples()
+            transform, mode, samples = (
+                eval_pipeline(size, self.eval_resize),
+                "predict",
+                self._predict_samples(),
+            )
         else:
-            transform, mode, samples = eval_pipeline(size), "eval", self.splits[split]
+            transform, mode, samples = eval_pipeline(size, self.eval_resize), "eval", self.splits[split]
         return SegmentationDataset(
             samples, self._reader(split), transform, self.build_normalizer(), size, mode, self.color_space
         )
@@ -606,7 +629,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
             ds.transform = (
                 train_pipeline(size, self.train_ops, self.resize)
                 if ds.mode == "train"
-                else eval_pipeline(size)
+                else eval_pipeline(size, self.eval_resize)
             )
             ds._seeded_for = None
 

@@ -10,8 +10,12 @@ Pipelines (``size`` = the network input ``(h, w)``):
 
 * train: the ``resize`` step, then the ``train_transform`` ops, then (only when the ops left another
   size, e.g. after ``RandomScale``) a stretch to ``size`` so that samples batch;
-* eval / predict: a stretch to ``size`` (``Resize(h, w)``), never a crop or a pad, so a prediction
-  resized back to the original ``h_i × w_i`` lines up with the original mask pixel for pixel.
+* eval / predict (``eval_resize``): ``stretch`` (default) -- ``Resize(h, w)`` to the network size; or
+  ``shortest`` -- mmseg's ``Resize(img_scale=(4 * s, s), keep_ratio=True)`` with ``s = min(h, w)``: the
+  image is scaled by ``min(s / short side, 4 s / long side)``, aspect kept (ADE20K's official test
+  pipeline, ``img_scale=(2048, 512)``); images then differ in size, so the network must take any size
+  (e.g. BiFormer with ``auto_pad``) and the evaluation batch must be 1. Never a crop or a pad, so a
+  prediction resized back to the original ``h_i × w_i`` lines up with the original mask pixel for pixel.
 
 ``resize`` modes: ``stretch`` (``Resize(h, w)``, the default) or ``shortest`` (``SmallestMaxSize``:
 the short side to ``min(h, w)``, aspect kept; the ops are then expected to crop, as in the ADE20K
@@ -35,6 +39,7 @@ import torch
 from ...errors import ConfigError
 
 RESIZE_MODES = ("stretch", "shortest")
+EVAL_RESIZE_MODES = ("stretch", "shortest")
 _COMPOSITIONS = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform", "RandomOrder"}
 
 
@@ -106,7 +111,28 @@ def train_pipeline(size: tuple[int, int], ops: list, resize: str = "stretch") ->
     return A.Compose([_resize_step(size, resize), *ops])
 
 
-def eval_pipeline(size: tuple[int, int]) -> A.Compose:
+class KeepRatioResize:
+    """mmseg's keep-ratio ``Resize(img_scale=(long_max, short_max))``: one scale factor
+    ``min(short_max / short side, long_max / long side)``, linear for images, nearest for masks."""
+
+    def __init__(self, short_max: int, long_max: int) -> None:
+        self.short_max, self.long_max = int(short_max), int(long_max)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        h, w = image.shape[:2]
+        scale = min(self.short_max / min(h, w), self.long_max / max(h, w))
+        new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+        out = {"image": cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)}
+        if mask is not None:
+            out["mask"] = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        return out
+
+
+def eval_pipeline(size: tuple[int, int], mode: str = "stretch") -> A.Compose | KeepRatioResize:
+    if mode == "shortest":
+        return KeepRatioResize(min(size), 4 * min(size))
+    if mode != "stretch":
+        raise ConfigError(f"data.eval_resize must be one of {', '.join(EVAL_RESIZE_MODES)}, got {mode!r}.")
     return A.Compose([_resize_step(size, "stretch")])
 
 
