@@ -211,3 +211,33 @@ def test_pretrained_deit_file_loads(tmp_path: Path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), deit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_csr_kernel_path_equals_gather_and_mask_and_is_used_without_grad(monkeypatch):
+    """The inference form of ``sparse`` (CSR SDDMM + row softmax + SpMM) equals the gather form and the mask,
+    float32 and float64; with autograd the differentiable gather form is used instead."""
+    from visionzoo.models.layers import sparse_attention as sa
+
+    torch.manual_seed(1)
+    B, H, N, d, k = 2, 3, 17, 8, 5
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        q, kk, v = (torch.randn(B, H, N, d, dtype=dtype) for _ in range(3))
+        idx = torch.rand(B, H, N - 1, N).topk(k, dim=-1).indices
+        csr = sa.sparse_csr_attention(q, kk, v, idx, d**-0.5)
+        torch.testing.assert_close(
+            csr, sa.sparse_gather_attention(q, kk, v, idx, d**-0.5), atol=tol, rtol=tol
+        )
+        torch.testing.assert_close(csr, sa.dense_mask_attention(q, kk, v, idx, d**-0.5), atol=tol, rtol=tol)
+
+    used = []
+    monkeypatch.setattr(
+        sa, "sparse_csr_attention", lambda *a: used.append("csr") or sa.sparse_gather_attention(*a)
+    )
+    q, kk, v = (torch.randn(B, H, N, d, requires_grad=True) for _ in range(3))
+    sa.sparse_attention(q, kk, v, idx, 0.5).sum().backward()
+    assert used == [] and q.grad is not None
+    with torch.no_grad():
+        sa.sparse_attention(q, kk, v, idx, 0.5)
+    with torch.inference_mode():
+        sa.sparse_attention(q.detach(), kk.detach(), v.detach(), idx, 0.5)
+    assert used == ["csr", "csr"]

@@ -5,8 +5,12 @@
 top ``ceil(keep_rate * N)`` connections per query. The cls-token row stays dense. The kept connections run either as
 
 * ``dense_mask``: the official simulation, the full ``q @ k^T`` with ``-inf`` outside the kept connections (reference);
-* ``sparse``: only the kept connections are computed: the kept keys/values are gathered per query,
-  ``(B, H, N-1, k, d)``, and attended with small batched products.
+* ``sparse``: only the kept connections are computed. Without autograd (inference) with torch's CSR kernels: the
+  kept scores by a sampled dense-dense product (``torch.sparse.sampled_addmm``), a softmax over each row's kept
+  values, and a sparse-dense product with ``v`` (:func:`sparse_csr_attention`); nothing of size
+  ``(B, H, N-1, k, d)`` is built. With autograd (or a dtype the CSR kernels lack) the kept keys/values are gathered
+  per query and attended with small batched products (:func:`sparse_gather_attention`), which is differentiable
+  but copies ``2 k d`` floats per query.
 
 Both give the same result (to float rounding). :func:`attention_flops` counts what each path computes.
 """
@@ -14,6 +18,7 @@ Both give the same result (to float rounding). :func:`attention_flops` counts wh
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +32,13 @@ __all__ = [
     "attention_flops",
     "dense_mask_attention",
     "keep_count",
+    "sparse_attention",
+    "sparse_csr_attention",
     "sparse_gather_attention",
 ]
 
 #: ``dense``: plain softmax attention (no predictor, the teacher / reconstruction phase); ``dense_mask`` and
-#: ``sparse``: the predicted connectivity, simulated by masking or computed by gathering.
+#: ``sparse``: the predicted connectivity, simulated by masking or computed only where kept (CSR kernels / gather).
 ATTN_IMPLS = ("dense", "dense_mask", "sparse")
 
 
@@ -130,6 +137,41 @@ def sparse_gather_attention(
     return torch.cat([cls_out, out], dim=2)
 
 
+def sparse_csr_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Only the kept connections, with torch's CSR kernels (no autograd): one ``(B*H*(N-1)) x (B*H*N)`` pattern
+    holding each query's kept keys (block-diagonal over batch and heads), scores by SDDMM, row softmax on the
+    stored values, then SpMM with ``v``. Same result as :func:`sparse_gather_attention` (tested).
+    """
+    B, H, N, d = q.shape
+    kk = idx.shape[-1]
+    q = q * scale
+    cls_out = ((q[:, :, :1] @ k.transpose(-2, -1)).softmax(dim=-1)) @ v  # (B, H, 1, d): the dense cls row
+    rows, keys = B * H * (N - 1), B * H * N
+    offsets = (torch.arange(B * H, device=idx.device) * N).view(B * H, 1, 1)
+    cols = (idx.reshape(B * H, N - 1, kk) + offsets).reshape(rows, kk).sort(dim=-1).values.reshape(-1)
+    crow = torch.arange(0, rows * kk + 1, kk, device=idx.device)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, cols, q.new_zeros(rows * kk), size=(rows, keys))
+        scores = torch.sparse.sampled_addmm(pattern, q[:, :, 1:].reshape(rows, d), k.reshape(keys, d).t())
+        probs = scores.values().view(rows, kk).softmax(dim=-1).reshape(-1)
+        attn = torch.sparse_csr_tensor(crow, cols, probs, size=(rows, keys))
+        out = torch.sparse.mm(attn, v.reshape(keys, d)).view(B, H, N - 1, d)
+    return torch.cat([cls_out, out], dim=2)
+
+
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The ``sparse`` path: CSR kernels when no gradient is needed and the dtype allows, else the gather form."""
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if needs_grad or q.dtype not in (torch.float32, torch.float64) or q.device.type != "cpu":
+        return sparse_gather_attention(q, k, v, idx, scale)
+    return sparse_csr_attention(q, k, v, idx, scale)
+
+
 class SparsifinerAttention(nn.Module):
     """timm ``Attention`` (same ``qkv`` / ``proj`` keys) plus ``mask_predictor``, with the sparse connectivity.
 
@@ -186,7 +228,8 @@ class SparsifinerAttention(nn.Module):
         """Kept key indices per non-cls query, ``(B, H, N-1, ceil(keep_rate * N))``, no gradient."""
         with torch.no_grad():
             approx = self.mask_predictor(q, k, sparse=True)
-            return approx.topk(keep_count(q.shape[2], self.keep_rate), dim=-1).indices
+            # the set matters, not its order (every path is order-free): unsorted top-k is ~30% cheaper on CPU
+            return approx.topk(keep_count(q.shape[2], self.keep_rate), dim=-1, sorted=False).indices
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         if attn_mask is not None:
@@ -202,7 +245,7 @@ class SparsifinerAttention(nn.Module):
         else:
             idx = self.connectivity(q, k)
             if impl == "sparse":
-                out = sparse_gather_attention(q, k, v, idx, self.scale)
+                out = sparse_attention(q, k, v, idx, self.scale)
             else:
                 out = dense_mask_attention(q, k, v, idx, self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
