@@ -57,7 +57,8 @@ def steps_per_epoch(trainer: L.Trainer) -> int:
     """Optimizer steps in one epoch on this process (after limit_train_batches and accumulation)."""
     _ = trainer.estimated_stepping_batches  # sets up the train dataloader and num_training_batches
     batches = trainer.num_training_batches
-    if not math.isfinite(batches) and trainer.max_epochs == -1:  # iteration-based: Lightning skipped the set-up
+    # iteration-based runs (max_epochs=-1): estimated_stepping_batches returned max_steps without the set-up
+    if not math.isfinite(batches) and trainer.max_epochs == -1:
         trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches
     if not math.isfinite(batches):
