@@ -122,3 +122,53 @@ def test_qtseg_onnx_checked_in_onnxruntime(capsys, tmp_path):
     assert code == 0, err
     result = json.loads(stdout)
     assert result["check"]["passed"] and result["check"]["rel_error"] < 1e-4
+
+
+def test_reid_backbone_onnx_embedding_checked_in_onnxruntime(capsys, tmp_path):
+    """The Re-ID embedding network (BNNeck, last stride 1, two lab blocks with trained-like non-zero residual
+    scales, so the check sees their gates) at its 256x128 input size: the deployment form a robot would run."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    import timm
+
+    spec = dict(
+        layers=[1, 1, 1, 1], attn_positions=[[1, 0], [2, 0]], num_classes=0, last_stride=1, bnneck=True
+    )
+    model = timm.create_model("reid_resnet50_lab", **spec)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".gamma"):
+                param.fill_(0.5)
+    torch.save(model.state_dict(), tmp_path / "reid.pth")
+    kwargs = [
+        "layers=[1,1,1,1]",
+        "attn_positions=[[1,0],[2,0]]",
+        "num_classes=0",
+        "last_stride=1",
+        "bnneck=true",
+    ]
+    out = tmp_path / "reid.onnx"
+    code, stdout, err = run(
+        capsys, "export", "reid_resnet50_lab", "--format", "onnx", "--check", "--kwargs", *kwargs,
+        "--checkpoint", str(tmp_path / "reid.pth"), "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["check"]["passed"] and result["check"]["rel_error"] < 1e-4
+    assert result["input_size"] == [3, 256, 128]
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"ReduceMax", "ReduceMean", "Sigmoid", "BatchNormalization"} <= ops  # lab gates and the BNNeck
+    # the exported file holds the checkpoint's gates: it matches the gamma=0.5 model, not the identity-init one
+    import onnxruntime as ort
+
+    x = torch.randn(2, 3, 256, 128)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, model.eval()(x), atol=1e-4, rtol=1e-4)
+        identity = {
+            k: (torch.zeros_like(v) if k.endswith(".gamma") else v) for k, v in model.state_dict().items()
+        }
+        same_weights_no_gates = timm.create_model("reid_resnet50_lab", **spec).eval()
+        same_weights_no_gates.load_state_dict(identity)
+        assert (got - same_weights_no_gates(x)).abs().max() > 1e-4
