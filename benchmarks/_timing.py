@@ -19,7 +19,7 @@ import torch
 
 from visionzoo.bench import interleaved  # one implementation, shared with the package
 
-__all__ = ["interleaved", "peak_alloc_bytes", "gemm_flops", "cpu_model"]
+__all__ = ["interleaved", "peak_alloc_bytes", "gemm_flops", "cpu_model", "publish", "write_markdown_section"]
 
 
 def peak_alloc_bytes(fn: Callable[[], object]) -> int | None:
@@ -80,3 +80,12 @@ def write_markdown_section(path: str, section: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as fh:
         fh.write(text.rstrip("\n") + "\n")
+
+
+def publish(section: str, path: str | None) -> None:
+    """Print a benchmark's markdown section, or (re)write it in ``path`` (``--write``) and say so."""
+    if not path:
+        print(section)
+        return
+    write_markdown_section(path, section)
+    print(f"wrote the '{section.splitlines()[0]}' section of {path}")

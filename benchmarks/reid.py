@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import timm  # noqa: E402
-from _timing import cpu_model, interleaved, write_markdown_section  # noqa: E402
+from _timing import cpu_model, interleaved, publish  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import visionzoo  # noqa: E402, F401  (registers the models)
@@ -214,10 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write", default=None, help="markdown file whose Re-ID section to (re)write")
     args, _unknown = ap.parse_known_args(argv)
     text = run(args)
-    if args.write:
-        write_markdown_section(args.write, text)
-    else:
-        print(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import timm
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import cpu_model, interleaved, write_markdown_section  # noqa: E402
+from _timing import cpu_model, interleaved, publish  # noqa: E402
 
 import visionzoo  # noqa: E402,F401
 from visionzoo.models.layers.sparse_attention import (  # noqa: E402
@@ -207,10 +207,7 @@ def main() -> None:
     cmd = "python benchmarks/sparsifiner.py" + (f" --write {args.write}" if args.write else "")
     scaling = core_scaling(args.rounds)
     text = section(attn, full, flops, scaling, args.batch, args.rounds, cmd)
-    if args.write:
-        write_markdown_section(args.write, text)
-    else:
-        print(text)
+    publish(text, args.write)
 
 
 if __name__ == "__main__":
