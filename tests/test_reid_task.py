@@ -173,3 +173,22 @@ def test_reid_run_tiny_market_rerank(tmp_path):
     metrics = run(cfg)
     for key in ("val/mAP", "val/rank1", "val/rank5", "val/rank10"):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.attn_positions=[layer9.1]", "attention position 'layer9.1' is not of the form 'layerN.j'"),
+        ("model.attn_block=foo", "attn_block must be one of lab, se, cbam, eca, nonlocal"),
+        ("+model.kwargs.qk_dims=[1,2]", "unexpected keyword argument 'qk_dims'"),
+    ],
+)
+def test_bad_model_kwargs_are_one_config_error(tmp_path, override, says):
+    from visionzoo.train import build_model
+
+    cfg = compose_cfg(["model=reid_resnet50", "data=market1501", override], tmp_path / "out")
+    with pytest.raises(
+        ConfigError, match="model 'reid_resnet50_lab' could not be built from model.kwargs: "
+    ) as err:
+        build_model(cfg, num_classes=5, data_task="reid")
+    assert says in str(err.value)

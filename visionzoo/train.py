@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from .errors import ConfigError
+from .errors import ConfigError, VisionZooError
 from .tasks import ClassificationTask, SegmentationTask
 
 log = logging.getLogger("visionzoo")
@@ -167,7 +167,14 @@ def build_model(
 ) -> torch.nn.Module:
     from .models.dense import build_from_spec
 
-    return build_from_spec(model_spec(cfg, num_classes, data_task, in_chans))
+    spec = model_spec(cfg, num_classes, data_task, in_chans)
+    try:
+        return build_from_spec(spec)
+    except VisionZooError:
+        raise
+    except (ValueError, TypeError) as err:  # a constructor refusing its kwargs: one sentence, not a traceback
+        name = spec.get("name") or spec.get("backbone")
+        raise ConfigError(f"model '{name}' could not be built from model.kwargs: {err}") from None
 
 
 def build_classification_task(cfg: DictConfig, model: torch.nn.Module, num_classes: int) -> L.LightningModule:
