@@ -192,3 +192,21 @@ def test_bad_model_kwargs_are_one_config_error(tmp_path, override, says):
     ) as err:
         build_model(cfg, num_classes=5, data_task="reid")
     assert says in str(err.value)
+
+
+def test_rerank_of_a_too_large_eval_set_stops_before_training(tmp_path):
+    """The tiny layout has more query + gallery images than rerank_max_items=5: the run stops at set-up with one
+    sentence (naming the size and the memory), before an epoch of training is spent."""
+    from visionzoo.train import run
+
+    write_market(tmp_path / "data")
+    cfg = compose_cfg(
+        [*_tiny_overrides(tmp_path / "data"), "model.reid.rerank=true", "model.reid.rerank_max_items=5"],
+        tmp_path / "out",
+    )
+    with pytest.raises(
+        ConfigError, match=r"re-ranking of the \d+ query \+ gallery images of val_dataset"
+    ) as err:
+        run(cfg)
+    assert "model.reid.rerank_max_items=5" in str(err.value)
+    assert not list((tmp_path / "out").rglob("*.ckpt"))  # nothing was trained

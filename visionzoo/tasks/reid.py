@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ConfigError
 from .optim import build_optimizer, build_scheduler, scaled_lr, steps_per_epoch
 from .reid_metrics import compute_reid_metrics, reid_metrics_from_distance
-from .reid_rerank import k_reciprocal_rerank
+from .reid_rerank import k_reciprocal_rerank, rerank_memory_bytes
 
 __all__ = ["CenterLoss", "ReIDTask", "WarmupMultiStep", "batch_hard_triplet_loss"]
 
@@ -118,6 +118,7 @@ class ReIDTask(L.LightningModule):
         rerank_k1: int = 20,
         rerank_k2: int = 6,
         rerank_lambda: float = 0.3,
+        rerank_max_items: int = 40_000,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -142,6 +143,22 @@ class ReIDTask(L.LightningModule):
                 raise ConfigError("center loss needs the model's feature width (model.num_features).")
             self.center_loss = CenterLoss(num_classes, dim)
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
+
+    def setup(self, stage: str) -> None:
+        """Refuse re-ranking an evaluation set too large for it before any training, not after an epoch."""
+        if not self.hparams.rerank or self._trainer is None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for name in ("val_dataset", "test_dataset"):
+            dataset = getattr(datamodule, name, None)
+            size = len(dataset) if dataset is not None else 0
+            if size > int(self.hparams.rerank_max_items):
+                raise ConfigError(
+                    f"k-reciprocal re-ranking of the {size} query + gallery images of {name} needs about "
+                    f"{rerank_memory_bytes(size) / 2**30:.1f} GiB, above model.reid.rerank_max_items="
+                    f"{self.hparams.rerank_max_items}: raise that limit if the memory is there, or set "
+                    "model.reid.rerank=false."
+                )
 
     # ------------------------------------------------------------------ forward
     def embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,6 +245,7 @@ class ReIDTask(L.LightningModule):
                 k2=int(self.hparams.rerank_k2),
                 lambda_value=float(self.hparams.rerank_lambda),
                 metric=metric,
+                max_items=int(self.hparams.rerank_max_items),
             )
             res = reid_metrics_from_distance(dist, *labels)
         else:
