@@ -16,7 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .optim import build_optimizer, build_scheduler, scaled_lr
+from .optim import configure_optimizers
 
 
 class ClassificationTask(L.LightningModule):
@@ -116,16 +116,5 @@ class ClassificationTask(L.LightningModule):
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return self(images).softmax(dim=-1)
 
-    def _global_batch_size(self) -> int | None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        batch = getattr(datamodule, "batch_size", None)
-        if batch is None:
-            return None
-        return int(batch) * self._trainer.world_size * self._trainer.accumulate_grad_batches
-
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, scaled_lr(self.optimizer_cfg, self._global_batch_size()))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg),
-        }
+        return configure_optimizers(self.model, self.trainer, self.optimizer_cfg, self.scheduler_cfg)

@@ -38,6 +38,15 @@ def scaled_lr(cfg: dict[str, Any], global_batch_size: int | None) -> dict[str, A
     return cfg
 
 
+def global_batch_size(trainer: L.Trainer | None) -> int | None:
+    """Images per optimizer step over all processes (data.batch_size x world size x accumulation), for ``lr_base``."""
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    batch = getattr(datamodule, "batch_size", None)
+    if batch is None:
+        return None
+    return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
+
+
 def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any] | None) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2``: honours ``no_weight_decay`` and, with ``layer_decay``, ``group_matcher``.
 
@@ -116,3 +125,12 @@ def build_scheduler(
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+def configure_optimizers(
+    model: torch.nn.Module, trainer: L.Trainer, optimizer_cfg: dict[str, Any], scheduler_cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """What a task's ``configure_optimizers`` returns for the shared recipe: timm optimizer (``lr_base`` scaled by
+    the global batch) + the per-step schedule."""
+    optimizer = build_optimizer(model, scaled_lr(optimizer_cfg, global_batch_size(trainer)))
+    return {"optimizer": optimizer, "lr_scheduler": build_scheduler(optimizer, trainer, scheduler_cfg)}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .optim import build_optimizer, build_scheduler, scaled_lr, steps_per_epoch
+from .optim import build_optimizer, build_scheduler, global_batch_size, scaled_lr, steps_per_epoch
 from .reid_metrics import compute_reid_metrics, reid_metrics_from_distance
 from .reid_rerank import k_reciprocal_rerank, rerank_memory_bytes
 
@@ -279,13 +279,6 @@ class ReIDTask(L.LightningModule):
         return self(images)
 
     # ------------------------------------------------------------------ optimisation
-    def _global_batch_size(self) -> int | None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        batch = getattr(datamodule, "batch_size", None)
-        if batch is None:
-            return None
-        return int(batch) * self._trainer.world_size * self._trainer.accumulate_grad_batches
-
     def _multistep(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         cfg = self.scheduler_cfg
         per_epoch = steps_per_epoch(self.trainer)
@@ -301,7 +294,9 @@ class ReIDTask(L.LightningModule):
         return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, scaled_lr(self.optimizer_cfg, self._global_batch_size()))
+        optimizer = build_optimizer(
+            self.model, scaled_lr(self.optimizer_cfg, global_batch_size(self._trainer))
+        )
         if self.center_loss is not None:  # own SGD-like lr for the centers, no weight decay
             optimizer.add_param_group(
                 {

@@ -32,7 +32,7 @@ from torchmetrics import MeanMetric
 from ..errors import ConfigError
 from ..inference import build_inferer
 from ..losses import build_loss
-from .optim import build_optimizer, build_scheduler, scaled_lr
+from .optim import configure_optimizers
 from .seg_metrics import HD95, ConfusionMetrics, VolumeDice, sanitize_class_names
 
 
@@ -254,16 +254,5 @@ class SegmentationTask(L.LightningModule):
         return out
 
     # ---------------------------------------------------------------------------------------- optimizer
-    def _global_batch_size(self) -> int | None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        batch = getattr(datamodule, "batch_size", None)
-        if batch is None:
-            return None
-        return int(batch) * self._trainer.world_size * self._trainer.accumulate_grad_batches
-
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, scaled_lr(self.optimizer_cfg, self._global_batch_size()))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": build_scheduler(optimizer, self.trainer, self.scheduler_cfg),
-        }
+        return configure_optimizers(self.model, self.trainer, self.optimizer_cfg, self.scheduler_cfg)
