@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install train test test-all bench lint format clean
+.PHONY: install train test test-timm test-all bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ train: $(STAMP)
 ## the fast test suite (what CI runs)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+## timm's own tests/test_models.py (from the installed timm's sdist) over every zoo model
+test-timm: $(STAMP)
+	$(PY) tests/timm_suite/run.py $(ARGS)
 
 ## everything, including slow learning / DDP / multirun tests
 test-all: $(STAMP)
@@ -40,4 +44,4 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf logs outputs multirun .pytest_cache .ruff_cache
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache .timm-suite

@@ -135,7 +135,8 @@ def test_zoo_names_are_timm_models_and_shadow_nothing():
         for m in sys.modules
         if m.startswith("timm.models.") and not m.startswith("timm.models._")
     }
-    for name, module_name in zoo_registry._ZOO_MODELS.items():
+    for name, info in zoo_registry._ZOO_MODELS.items():
+        module_name = info.module
         assert name in timm_names, f"{name}: not in timm.list_models()"
         fn = timm_registry._model_entrypoints[name]
         assert fn.__module__ == module_name and module_name.startswith("visionzoo."), (
@@ -155,7 +156,8 @@ def test_no_unguarded_registration():
     unguarded = sorted(
         name
         for name, fn in timm_registry._model_entrypoints.items()
-        if fn.__module__.startswith("visionzoo") and zoo_registry._ZOO_MODELS.get(name) != fn.__module__
+        if fn.__module__.startswith("visionzoo")
+        and getattr(zoo_registry._ZOO_MODELS.get(name), "module", None) != fn.__module__
     )
     assert not unguarded, f"registered with timm.register_model, bypassing the collision guard: {unguarded}"
 

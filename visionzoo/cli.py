@@ -437,19 +437,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _is_segmenter(name: str, model) -> bool:
-    import fnmatch
-
-    import timm
+    from .models import model_info, zoo_model_names
 
     if (getattr(model, "pretrained_cfg", None) or {}).get("task") == "segmentation":
         return True
-    fn = timm.models._registry._model_entrypoints.get(name.split(".")[0])
-    module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    table = getattr(module, "CONFORMANCE", None) or {}
-    return any(
-        fnmatch.fnmatchcase(name.split(".")[0], k) and v.get("task") == "segmentation"
-        for k, v in table.items()
-    )
+    arch = name.split(".")[0]
+    return arch in zoo_model_names() and model_info(arch).task == "segmentation"
 
 
 def _class_names(model) -> list[str] | None:

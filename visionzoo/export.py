@@ -5,8 +5,8 @@
   on a batch of 2 and compares with eager. Modules with a ``dense_ratio`` attribute (BiFormer's routing attention)
   are exported in their routed form (``topk`` + ``index_select``): the masked dense shortcut builds its mask with
   an in-place boolean ``scatter_`` that this exporter cannot convert. Same math; the result is compared.
-* ``torchscript``: ``torch.jit.script`` under ``timm.layers.set_scriptable(True)``. A family that declares
-  ``'torchscript': False`` in its ``CONFORMANCE`` dict (e.g. BiFormer) is refused with one sentence up front.
+* ``torchscript``: ``torch.jit.script`` under ``timm.layers.set_scriptable(True)``. A model registered with
+  ``not_scriptable=...`` (e.g. BiFormer) is refused with one sentence up front.
 * ``torch_export``: ``torch.export.export`` with a dynamic batch dimension (static when that fails), saved with
   ``torch.export.save`` (``.pt2``); ``check`` reloads the file and compares.
 
@@ -16,8 +16,6 @@ Comparisons use the relative error ``||y - y_ref|| / ||y_ref||`` (tolerance 1e-4
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,18 +37,11 @@ class ExportError(VisionZooError, RuntimeError):
 
 
 def scriptable(name: str) -> bool:
-    """What the model's family declares in its ``CONFORMANCE`` dict (``'torchscript'``, default True)."""
-    import timm
+    """Whether the zoo model's registration says TorchScript supports it (models outside the zoo: True)."""
+    from .models import model_info, zoo_model_names
 
-    fn = timm.models._registry._model_entrypoints.get(name.split(".")[0])
-    module = sys.modules.get(getattr(fn, "__module__", ""), None)
-    table = getattr(module, "CONFORMANCE", None) or {}
-    result = True
-    base = name.split(".")[0]
-    for pattern in sorted(table, key=lambda k: k == base):  # patterns first, the exact name wins
-        if fnmatch.fnmatchcase(base, pattern) and "torchscript" in table[pattern]:
-            result = bool(table[pattern]["torchscript"])
-    return result
+    arch = name.split(".")[0]
+    return arch not in zoo_model_names() or model_info(arch).scriptable
 
 
 @contextlib.contextmanager

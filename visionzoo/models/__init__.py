@@ -8,6 +8,6 @@ from . import (
     sparsifiner,  # noqa: F401
     vit_llm,  # noqa: F401
 )
-from ._registry import NameCollisionError, register_zoo_model, zoo_model_names
+from ._registry import NameCollisionError, ZooModelInfo, model_info, register_zoo_model, zoo_model_names
 
-__all__ = ["NameCollisionError", "register_zoo_model", "zoo_model_names"]
+__all__ = ["NameCollisionError", "ZooModelInfo", "model_info", "register_zoo_model", "zoo_model_names"]

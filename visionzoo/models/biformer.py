@@ -581,21 +581,24 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-@register_zoo_model
+_NOT_SCRIPTABLE = "data-dependent region sizes and top-k routing index tensors the TorchScript compiler cannot type"  # TODO(issue 13): confirm
+
+
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-T: 13.1M params, 2.2 GMACs at 224, 81.4% ImageNet-1k top-1 (official; trained with drop_path_rate=0.1)."""
     model_args = dict(depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512))
     return _create_biformer("biformer_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-S: 25.5M params, 4.5 GMACs at 224, 83.8% ImageNet-1k top-1 (official; drop_path_rate=0.15)."""
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512))
     return _create_biformer("biformer_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-B: 56.8M params, 9.8 GMACs at 224, 84.3% ImageNet-1k top-1 (official; drop_path_rate 0.4, unverified)."""
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768))

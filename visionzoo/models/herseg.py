@@ -955,7 +955,10 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-@register_zoo_model
+_NOT_SCRIPTABLE = "the SAM-style prompt/mask decoder path uses Python-level optional arguments TorchScript cannot type"  # TODO(issue 13): confirm
+
+
+@register_zoo_model(task="segmentation", not_scriptable=_NOT_SCRIPTABLE)
 def herseg(pretrained: bool = False, **kwargs) -> HERSeg:
     """HER-Seg as released (official MHRMedSeg(dim=96, img_size=1024)): 3.53M params, 1 output channel."""
     return _create_herseg("herseg", pretrained=pretrained, **kwargs)

@@ -222,7 +222,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ReIDResNet:
     )
 
 
-@register_zoo_model
+@register_zoo_model(task="reid")
 def reid_resnet50_lab(pretrained: bool = False, **kwargs) -> ReIDResNet:
     """ResNet-50 + our lightweight attention block after ``layer2.3`` and ``layer3.5`` (defaults, see module)."""
     model_args = dict(block=Bottleneck, layers=(3, 4, 6, 3), attn_block="lab")

@@ -290,21 +290,24 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-@register_zoo_model
+_NOT_SCRIPTABLE = "the frozen LLM layer is a Hugging Face transformers module, which is not scriptable"  # TODO(issue 13): confirm
+
+
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def vit_tiny_llm(pretrained: bool = False, **kwargs) -> VisionTransformerLLM:
     """DeiT-Ti (192 wide, 12 blocks, 3 heads) + frozen LLaMA-7B last layer (paper: ImageNet top-1 72.2 -> 73.7, unverified)."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
     return _create("vit_tiny_llm", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def vit_small_llm(pretrained: bool = False, **kwargs) -> VisionTransformerLLM:
     """DeiT-S (384 wide, 12 blocks, 6 heads) + frozen LLaMA-7B last layer (official: ImageNet top-1 80.1 -> 80.7)."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
     return _create("vit_small_llm", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model
+@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
 def vit_base_llm(pretrained: bool = False, **kwargs) -> VisionTransformerLLM:
     """DeiT-B / ViT-B/16 (768 wide, 12 blocks, 12 heads) + frozen LLaMA-7B last layer."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
