@@ -9,7 +9,7 @@
     parameter got a gradient;
   - "No gradient for <p>" where ``<p>`` is one of the model's ``auxiliary_only`` weights (trained by the paper
     only through an auxiliary loss, e.g. Sparsifiner's mask predictor);
-  - ``test_model_forward_torchscript`` for a model whose family says why it is not scriptable (strict: a pass
+  - ``test_model_forward_torchscript`` / ``test_model_forward_fx_torchscript`` for a model whose family says why it is not scriptable (strict: a pass
     then fails, so the record stays true);
 * prints one line per zoo model: passed / failed / allowed.
 """
@@ -31,6 +31,7 @@ CLASSIFIER_SHAPE_ASSERTS = (
     "assert outputs.shape[-1] == 42",
     "assert outputs.shape[feat_axis] == output_features",
 )
+TORCHSCRIPT_TESTS = {"test_model_forward_torchscript", "test_model_forward_fx_torchscript"}
 NO_GRAD = re.compile(r"No gradient for (\S+)")
 
 _ZOO = set(visionzoo.list_models())
@@ -50,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
             drop.append(item)
             continue
         info = model_info(name)
-        if item.originalname == "test_model_forward_torchscript" and not info.scriptable:
+        if item.originalname in TORCHSCRIPT_TESTS and not info.scriptable:
             item.add_marker(pytest.mark.xfail(reason=f"not scriptable: {info.not_scriptable}", strict=True))
         keep.append(item)
     if drop:
@@ -81,6 +82,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     name = _model_name(item)
+    if name is not None:
+        name = name.split(".")[0]  # one summary line per architecture, its pretrained tags included
     if name is None or report.when != "call":
         if report.failed and name is not None:
             _outcomes[name]["failed"].append(f"{item.originalname} ({report.when})")
