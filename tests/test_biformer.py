@@ -176,14 +176,37 @@ def test_param_counts(name, expected):
 
 # ----------------------------------------------------------------------------------------------- sizes
 def test_auto_pad_leaves_divisible_sizes_unchanged(reduced, io):
-    padded = _reduced(auto_pad=True)
+    strict = _reduced(auto_pad=False)
+    assert reduced.auto_pad, "auto_pad is on by default"
     with torch.no_grad():
-        assert torch.equal(padded(io["x"]), reduced(io["x"]))
+        assert torch.equal(reduced(io["x"]), strict(io["x"]))
+        _, ours = reduced.forward_intermediates(io["x"])
+        _, theirs = strict.forward_intermediates(io["x"])
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_default_is_bit_identical_to_no_padding_at_divisible_sizes():
+    """The new default (auto_pad=True) at 224 (n_win 7 divides every routing stage) == the old auto_pad=False,
+    in eval and in a train-mode forward + backward (same outputs, same gradients)."""
+    torch.manual_seed(0)
+    default = timm.create_model("biformer_tiny", num_classes=3, **SMALL)
+    strict = timm.create_model("biformer_tiny", num_classes=3, auto_pad=False, **SMALL)
+    strict.load_state_dict(default.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(default.eval()(x), strict.eval()(x))
+    default.train(), strict.train()
+    out_d, out_s = default(x), strict(x)
+    assert torch.equal(out_d, out_s)
+    out_d.sum().backward()
+    out_s.sum().backward()
+    for (name, p), q in zip(default.named_parameters(), strict.parameters()):
+        assert torch.equal(p.grad, q.grad), name
 
 
 def test_non_divisible_size_error_and_auto_pad():
     torch.manual_seed(0)
-    model = BiFormer(num_classes=5, **SMALL).eval()
+    model = BiFormer(num_classes=5, auto_pad=False, **SMALL).eval()
     x = torch.randn(1, 3, 250, 300)
     with pytest.raises(InputSizeError) as err:
         model(x)
@@ -192,7 +215,7 @@ def test_non_divisible_size_error_and_auto_pad():
     assert "\n" not in msg
     with pytest.raises(InputSizeError):
         model.forward_intermediates(x)
-    padded = BiFormer(num_classes=5, auto_pad=True, **SMALL).eval()
+    padded = BiFormer(num_classes=5, **SMALL).eval()  # the default: auto_pad=True
     padded.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert padded(x).shape == (1, 5)
@@ -216,7 +239,7 @@ def test_auto_pad_legacy_semantics_match_reference():
 
 def test_n_win_kwarg():
     torch.manual_seed(0)
-    model = timm.create_model("biformer_tiny", n_win=4, num_classes=3, **SMALL).eval()
+    model = timm.create_model("biformer_tiny", n_win=4, num_classes=3, auto_pad=False, **SMALL).eval()
     bras = [m for m in model.modules() if isinstance(m, BiLevelRoutingAttention)]
     assert len(bras) == 3 and all(m.n_win == 4 for m in bras)
     with torch.no_grad():

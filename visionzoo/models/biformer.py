@@ -21,9 +21,15 @@ Module and parameter names follow the official ones (``downsample_layers``, ``st
 Differences from the official code that do not change the math:
 
 * BRA is the efficient form in :mod:`visionzoo.models.layers.routing_attention` (index-select gather + SDPA).
-* Any input size: ``n_win`` is a constructor kwarg and ``auto_pad=True`` pads maps that the region grid does
-  not divide (legacy pad-before-projection semantics, see that module). Without it a non-divisible input raises
-  :class:`~visionzoo.errors.InputSizeError` naming the sizes that work.
+* Any input size by default: ``n_win`` is a constructor kwarg and ``auto_pad=True`` (the default; the official
+  classifier had no padding) pads maps that the region grid does not divide, inside each attention (legacy
+  pad-before-projection semantics of the official dense models, see that module), like timm's Swin/DaViT pad
+  to their windows. Sizes the grid divides (e.g. 224 with ``n_win=7``) give bit-identical outputs to no padding,
+  so the official weights behave as published; ``auto_pad=False`` restores the strict official behaviour, where
+  a non-divisible input raises :class:`~visionzoo.errors.InputSizeError` naming the sizes that work.
+* Traceable and scriptable as timm expects: ``torch.fx`` (timm's tracer, ``features_only=True,
+  feature_cls='fx'``, torchvision's ``create_feature_extractor``) and ``torch.jit.script`` work; shape checks are
+  ``torch._assert`` when traced and the eager InputSizeError otherwise.
 * ``num_features`` is an int, ``reset_classifier`` works, ``drop_rate`` is a real dropout before the head
   (the official one is ignored; the default 0 is identical), and ``features_only`` / ``forward_intermediates``
   are supported. ``out_norm=True`` adds a LayerNorm2d per returned feature level (``extra_norms.i``), like the
@@ -35,8 +41,8 @@ pretrained_cfg_overlay=dict(file='biformer_tiny_best.pth'))``. Note that timm's 
 :func:`load_official_state_dict` returns (pass it as ``pretrained_cfg_overlay=dict(state_dict=...)``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.fx copies the root ``forward`` annotations into its
+# generated code as names, and a string ``'torch.Tensor'`` there breaks ``torch.jit.script`` of the traced model.
 import re
 from collections.abc import Mapping, Sequence
 
@@ -101,7 +107,7 @@ class BiFormerBlock(nn.Module):
         mlp_ratio: float = 3.0,
         drop_path: float = 0.0,
         side_dwconv: int = 5,
-        auto_pad: bool = False,
+        auto_pad: bool = True,
         mhsa_heads: int = 8,
         device=None,
         dtype=None,
@@ -152,7 +158,8 @@ class BiFormer(nn.Module):
         n_win: regions per side of the routing grid (official: 7; dense tasks used 8 / 16).
         topks: per stage, routed regions (> 0, bi-level routing attention) or -2 (global attention + LePE).
         side_dwconv: kernel of the LCE / LePE depthwise convs.
-        auto_pad: pad feature maps the region grid does not divide (any input size), else raise InputSizeError.
+        auto_pad: pad feature maps the region grid does not divide (default: any input size; divisible sizes are
+            bit-identical to ``False``); ``False`` raises InputSizeError for such sizes (the official classifier).
         mhsa_heads: heads of the global-attention stages (official: 8, hard-coded there).
         out_norm: add ``extra_norms.i`` = LayerNorm2d per stage, applied to ``forward_intermediates`` outputs
             (the official detection/segmentation wrapper's extra norms).
@@ -172,7 +179,7 @@ class BiFormer(nn.Module):
         n_win: int = 7,
         topks: Sequence[int] = (1, 4, 16, -2),
         side_dwconv: int = 5,
-        auto_pad: bool = False,
+        auto_pad: bool = True,
         mhsa_heads: int = 8,
         out_norm: bool = False,
         drop_rate: float = 0.0,
@@ -288,11 +295,14 @@ class BiFormer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        # timm's pattern: new modules on the model's device/dtype and in its train/eval mode
+        dd = get_device_dtype(self)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        dd = get_device_dtype(self)
+            self.global_pool.train(self.training)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     # ----------------------------------------------------------------------------------------- sizes
     def stage_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
@@ -306,9 +316,13 @@ class BiFormer(nn.Module):
         return sizes
 
     def _check_input_size(self, x: torch.Tensor) -> None:
-        if self.auto_pad or torch.jit.is_scripting():
+        """Without ``auto_pad``: one InputSizeError naming every offending stage, before any work (eager only;
+        under ``torch.fx`` / tracing the sizes are not ints and each attention records a ``torch._assert``)."""
+        if self.auto_pad:
             return
-        height, width = int(x.shape[-2]), int(x.shape[-1])
+        height, width = x.shape[-2], x.shape[-1]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            return
         sizes = self.stage_sizes(height, width)
         n = self.n_win
         bad = [(i, hw) for i, hw in enumerate(sizes) if self.topks[i] > 0 and (hw[0] % n or hw[1] % n)]
@@ -330,9 +344,14 @@ class BiFormer(nn.Module):
         return self.stages[i](x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_size(x)
-        for i in range(len(self.stages)):
-            x = self._run_stage(i, x)
+        if not torch.jit.is_scripting():  # scripted: each attention checks its own map
+            self._check_input_size(x)
+        for downsample, stage in zip(self.downsample_layers, self.stages):
+            x = downsample(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -356,7 +375,8 @@ class BiFormer(nn.Module):
         otherwise ``norm=True`` applies the final BatchNorm to the last stage's output."""
         if output_fmt != "NCHW":
             raise ValueError(f"BiFormer intermediates are NCHW only, got output_fmt={output_fmt!r}.")
-        self._check_input_size(x)
+        if not torch.jit.is_scripting():  # scripted: each attention checks its own map
+            self._check_input_size(x)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
         num_run = max_index + 1 if (stop_early and not torch.jit.is_scripting()) else len(self.stages)
@@ -581,24 +601,21 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-_NOT_SCRIPTABLE = "data-dependent region sizes and top-k routing index tensors the TorchScript compiler cannot type"  # TODO(issue 13): confirm
-
-
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
+@register_zoo_model
 def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-T: 13.1M params, 2.2 GMACs at 224, 81.4% ImageNet-1k top-1 (official; trained with drop_path_rate=0.1)."""
     model_args = dict(depths=(2, 2, 8, 2), embed_dims=(64, 128, 256, 512))
     return _create_biformer("biformer_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
+@register_zoo_model
 def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-S: 25.5M params, 4.5 GMACs at 224, 83.8% ImageNet-1k top-1 (official; drop_path_rate=0.15)."""
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(64, 128, 256, 512))
     return _create_biformer("biformer_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)
+@register_zoo_model
 def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-B: 56.8M params, 9.8 GMACs at 224, 84.3% ImageNet-1k top-1 (official; drop_path_rate 0.4, unverified)."""
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768))
