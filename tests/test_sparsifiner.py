@@ -241,3 +241,50 @@ def test_csr_kernel_path_equals_gather_and_mask_and_is_used_without_grad(monkeyp
     with torch.inference_mode():
         sa.sparse_attention(q.detach(), kk.detach(), v.detach(), idx, 0.5)
     assert used == ["csr", "csr"]
+
+
+@pytest.mark.parametrize("impl", [None, "sparse", "dense_mask"])
+def test_only_the_predictors_get_no_gradient_from_the_logits(impl):
+    """timm's backward test stops at the first parameter without a gradient; check the whole set here: with every
+    parameter trainable, exactly the mask predictors (detached top-k mask) get none from ``logits.mean()``."""
+    torch.manual_seed(0)
+    model = timm.create_model("sparsifiner_deit_tiny", num_classes=10, attn_impl=impl, **SMALL).train()
+    model.requires_grad_(True)
+    model(torch.randn(2, 3, 32, 32)).mean().backward()
+    missing = {n for n, p in model.named_parameters() if p.grad is None}
+    predictors = {n for n, _ in model.named_parameters() if ".mask_predictor." in n}
+    assert len(predictors) == 6 * len(model.blocks)
+    assert missing == predictors
+
+
+def test_attention_has_timm_signature_and_refuses_masks():
+    model, _ = _pair()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, model.num_tokens, model.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, attn_mask=None, is_causal=False), attn(x))
+        with pytest.raises(ValueError, match="no attn_mask"):
+            attn(x, attn_mask=torch.zeros(model.num_tokens, model.num_tokens))
+        with pytest.raises(ValueError, match="no attn_mask"):
+            attn(x, is_causal=True)
+    with pytest.raises(TypeError):
+        attn(x, not_an_arg=1)  # no **kwargs swallowed
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_torchscript_and_fx_equal_eager(train):
+    from timm.layers import set_scriptable
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    with set_scriptable(True):
+        model = timm.create_model("sparsifiner_deit_tiny", num_classes=10, **SMALL).train(train)
+    x = torch.randn(2, 3, 32, 32)
+    scripted = torch.jit.script(model)
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    fx = create_feature_extractor(model, return_nodes=["head"], tracer_kwargs=tracer)
+    with torch.no_grad():  # eval: the sparse path (CSR eagerly, gather form when scripted); train: dense_mask
+        ref = model(x)
+        torch.testing.assert_close(scripted(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fx(x)["head"], ref, atol=1e-5, rtol=1e-5)

@@ -15,6 +15,9 @@ config) is not implemented.
 The predictor gets no gradient from the logits (its top-k mask is discrete and detached), so its parameters are
 created frozen (``requires_grad=False``); :class:`visionzoo.tasks.DistillationTask` trains them with the
 attention-reconstruction loss (phase 1), then the backbone (phase 2).
+
+Scriptable and FX-traceable like timm's DeiT (the scripted ``sparse`` path uses the gather form); attention masks are
+refused at run time (the predictor has none).
 """
 
 from __future__ import annotations
@@ -236,26 +239,26 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-_NOT_SCRIPTABLE = (
-    "the attention switches between dense-mask and CSR sparse kernels at run time"  # TODO(issue 13): confirm
-)
+# auxiliary_only: the predictor's top-k mask is discrete and detached from the task loss (as in the official code), so
+# ``logits`` give it no gradient; it learns only from the attention-reconstruction loss (DistillationTask phase 1).
+_AUX = ("mask_predictor.",)
 
 
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE, auxiliary_only=("mask_predictor.",))
+@register_zoo_model(auxiliary_only=_AUX)
 def sparsifiner_deit_tiny(pretrained: bool = False, **kwargs) -> Sparsifiner:
     """Sparsifiner on DeiT-Ti/16 (dim 192, 3 heads, depth 12), keep rate 0.25."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
     return _create_sparsifiner("sparsifiner_deit_tiny", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE, auxiliary_only=("mask_predictor.",))
+@register_zoo_model(auxiliary_only=_AUX)
 def sparsifiner_deit_small(pretrained: bool = False, **kwargs) -> Sparsifiner:
     """Sparsifiner on DeiT-S/16 (dim 384, 6 heads, depth 12), keep rate 0.25: the official default."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
     return _create_sparsifiner("sparsifiner_deit_small", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-@register_zoo_model(not_scriptable=_NOT_SCRIPTABLE, auxiliary_only=("mask_predictor.",))
+@register_zoo_model(auxiliary_only=_AUX)
 def sparsifiner_deit_base(pretrained: bool = False, **kwargs) -> Sparsifiner:
     """Sparsifiner on DeiT-B/16 (dim 768, 12 heads, depth 12), keep rate 0.25."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)

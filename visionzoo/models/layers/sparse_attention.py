@@ -15,14 +15,12 @@ top ``ceil(keep_rate * N)`` connections per query. The cls-token row stays dense
 Both give the same result (to float rounding). :func:`attention_flops` counts what each path computes.
 """
 
-from __future__ import annotations
-
 import math
 import warnings
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 __all__ = [
@@ -89,11 +87,12 @@ class ConnectivityPredictor(nn.Module):
         return ((q_red @ k_basis) * self.scale).softmax(dim=-1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, sparse: bool = True) -> torch.Tensor:
-        if q.shape[2] != self.num_tokens:
-            raise ValueError(
-                f"Sparsifiner's predictor is built for {self.num_tokens} tokens, got {q.shape[2]}; "
-                "build the model at this img_size (proj_n / proj_back_n are tied to the token count)."
-            )
+        # torch._assert: a run-time check in eager, TorchScript and FX graphs alike (no trace-time branch)
+        torch._assert(
+            q.shape[2] == self.num_tokens,
+            "Sparsifiner's predictor is tied to the token count it was built for (proj_n / proj_back_n); "
+            "build the model at this img_size.",
+        )
         coef = self.coefficients(q, k)
         w_up = self.proj_back_n
         if sparse:
@@ -108,9 +107,9 @@ def dense_mask_attention(
 ) -> torch.Tensor:
     """Official simulation: full attention, ``-inf`` outside the kept keys ``idx`` ``(B, H, N-1, k)``; cls row dense."""
     attn = (q * scale) @ k.transpose(-2, -1)
-    mask = torch.full_like(attn, float("-inf"))
-    mask[:, :, :1] = 0.0
-    mask[:, :, 1:].scatter_(-1, idx, 0.0)
+    # built out of place (no item assignment: FX-traceable); 0 on the cls row and the kept keys, -inf elsewhere
+    rows = torch.full_like(attn[:, :, 1:], float("-inf")).scatter(-1, idx, 0.0)
+    mask = torch.cat([torch.zeros_like(attn[:, :, :1]), rows], dim=2)
     attn = (attn + mask).softmax(dim=-1)
     attn = torch.nan_to_num(attn, nan=0.0)
     return attn @ v
@@ -162,14 +161,36 @@ def sparse_csr_attention(
     return torch.cat([cls_out, out], dim=2)
 
 
+@torch.fx.wrap
+@register_notrace_function
 def sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """The ``sparse`` path: CSR kernels when no gradient is needed and the dtype allows, else the gather form."""
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad or q.dtype not in (torch.float32, torch.float64) or q.device.type != "cpu":
-        return sparse_gather_attention(q, k, v, idx, scale)
-    return sparse_csr_attention(q, k, v, idx, scale)
+    """The ``sparse`` path: CSR kernels when no gradient is needed and the dtype allows, else the gather form.
+
+    The choice depends on run-time state (grad mode, dtype, device), so FX keeps this function as one call (a
+    timm notrace function); TorchScript, which lacks the CSR constructors' beta API, always takes the gather form.
+    """
+    if not torch.jit.is_scripting():
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        csr_dtype = q.dtype == torch.float32 or q.dtype == torch.float64
+        if not needs_grad and csr_dtype and q.device.type == "cpu":
+            return sparse_csr_attention(q, k, v, idx, scale)
+    return sparse_gather_attention(q, k, v, idx, scale)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def refuse_attn_mask(x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    """``x`` unchanged, or ``ValueError`` when a mask or ``is_causal`` is given (checked at run time, also in FX
+    graphs, where timm's ``Block`` passes both as graph inputs; the output is used, so dead-code elimination keeps
+    the check)."""
+    if attn_mask is not None or is_causal:
+        raise ValueError(
+            "SparsifinerAttention takes no attn_mask / is_causal: the connectivity predictor picks the kept keys "
+            "without one"
+        )
+    return x
 
 
 class SparsifinerAttention(nn.Module):
@@ -178,7 +199,12 @@ class SparsifinerAttention(nn.Module):
     ``attn_impl``: one of :data:`ATTN_IMPLS`, or ``None``: ``dense_mask`` in train mode, ``sparse`` in eval mode.
     ``recon=True`` (reconstruction phase): plain dense attention, and the predictor's unsparsified estimate is kept
     in ``self.approx_attn`` for the reconstruction loss.
+
+    ``forward(x, attn_mask=None, is_causal=False)`` has timm ``Attention``'s signature (timm's ``Block`` always
+    passes both); masks are refused at run time (:func:`refuse_attn_mask`), as the paper's predictor has none.
     """
+
+    approx_attn: torch.Tensor | None
 
     def __init__(
         self,
@@ -203,7 +229,7 @@ class SparsifinerAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.num_tokens = num_tokens
         self.keep_rate = keep_rate
-        self.attn_impl = attn_impl
+        self.attn_impl: str | None = attn_impl
         self.recon = False
         self.approx_attn: torch.Tensor | None = None
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -228,12 +254,14 @@ class SparsifinerAttention(nn.Module):
         """Kept key indices per non-cls query, ``(B, H, N-1, ceil(keep_rate * N))``, no gradient."""
         with torch.no_grad():
             approx = self.mask_predictor(q, k, sparse=True)
-            # the set matters, not its order (every path is order-free): unsorted top-k is ~30% cheaper on CPU
-            return approx.topk(keep_count(q.shape[2], self.keep_rate), dim=-1, sorted=False).indices
+            # the set matters, not its order (every path is order-free): unsorted top-k is ~30% cheaper on CPU.
+            # The predictor asserts N == self.num_tokens, so the count is a constant (traceable, scriptable).
+            return approx.topk(keep_count(self.num_tokens, self.keep_rate), dim=-1, sorted=False).indices
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        if attn_mask is not None:
-            raise ValueError("SparsifinerAttention does not take an attn_mask")
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        x = refuse_attn_mask(x, attn_mask, is_causal)
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         impl = self.resolved_impl()
