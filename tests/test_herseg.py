@@ -1,4 +1,4 @@
-"""HER-Seg: equality with the official outputs, checkpoint loading, sizes, idle parameters, timm API."""
+"""HER-Seg: equality with the official outputs, checkpoint loading, sizes, unused official weights, timm API."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from visionzoo.errors import CheckpointError, InputSizeError
-from visionzoo.models.herseg import HERSeg, checkpoint_filter_fn
+from visionzoo.models.herseg import _UNUSED_OFFICIAL, HERSeg, checkpoint_filter_fn
 from visionzoo.models.layers.linear_attention import LinearAttention
 from visionzoo.models.layers.rope import apply_rope_2d, rope_2d_rotations, rope_2d_tables
 
@@ -34,6 +34,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _official_sd() -> dict[str, torch.Tensor]:
     return load_file(str(STATE_DICT))
+
+
+def _not_built(key: str) -> bool:
+    """Official keys this model does not have: RoPE tables (recomputed), weights the released forward never uses
+    (the prompt encoder's point / mask-prompt weights, hypernetwork MLPs 1-2)."""
+    return (
+        key.endswith("attn.rope.rotations")
+        or bool(_UNUSED_OFFICIAL.match(key))
+        or key.startswith(
+            ("mask_decoder.output_hypernetworks_mlps.1.", "mask_decoder.output_hypernetworks_mlps.2.")
+        )
+    )
 
 
 def _small(seed: int = 0, **kwargs) -> HERSeg:
@@ -135,11 +147,17 @@ def test_apply_rope_2d_rotates_pairs():
 
 # ----------------------------------------------------------------------------------------------- sizes
 def test_param_count_matches_official():
+    """The official count (3.53M) minus the weights its forward never uses (5,964 prompt + 2 x 139,808 MLP)."""
     config = json.loads((FIXTURE / "config.json").read_text())
+    assert config["state_dict"]["n_parameters"] == 3_526_364
     with torch.device("meta"):
         model = timm.create_model("herseg")
     n = sum(p.numel() for p in model.parameters())
-    assert n == config["state_dict"]["n_parameters"] == 3_526_364 and round(n / 1e6, 2) == 3.53
+    unused = sum(
+        v.numel() for k, v in _official_sd().items() if _not_built(k) and not k.endswith("rope.rotations")
+    )
+    assert unused == 5_964 + 2 * 139_808
+    assert n == 3_526_364 - unused == 3_240_784
     parts = {
         name: sum(p.numel() for p in getattr(model, name).parameters())
         for name in ("image_encoder", "neck", "prompt_encoder", "mask_decoder")
@@ -147,8 +165,8 @@ def test_param_count_matches_official():
     assert parts == {
         "image_encoder": 957_648,
         "neck": 615_424,
-        "prompt_encoder": 6_220,
-        "mask_decoder": 1_947_072,
+        "prompt_encoder": 256,  # the no-mask embedding (the positional-encoding matrix is a buffer)
+        "mask_decoder": 1_947_072 - 2 * 139_808,
     }
 
 
@@ -172,7 +190,6 @@ def test_save_pretrained_roundtrip(tmp_path):
     hub.save_pretrained(model, tmp_path)
     again = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     assert again.img_size == (128, 96) and again.num_classes == 2
-    assert set(again.idle_parameter_names()) == set(model.idle_parameter_names())
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
@@ -203,7 +220,7 @@ def test_dataparallel_pth_checkpoint(tmp_path):
     torch.save({f"module.{k}": v for k, v in sd.items()}, path)
     model = timm.create_model("herseg", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL)
     ours = model.state_dict()
-    expected = {k: v for k, v in sd.items() if not k.endswith("rope.rotations")}
+    expected = {k: v for k, v in sd.items() if not _not_built(k)}
     assert sorted(ours) == sorted(expected)
     assert all(torch.equal(ours[k], v.to(ours[k].dtype)) for k, v in expected.items())
 
@@ -214,7 +231,7 @@ def test_bare_state_dict_and_back():
     again = _small(seed=4)
     again.load_state_dict(checkpoint_filter_fn(ours, again))
     assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.items())
-    assert len(ours) == 379 - 10  # the official keys minus the 10 RoPE tables
+    assert len(ours) == 379 - 10 - 15 - 12  # official keys minus RoPE tables, unused prompt weights, MLPs 1-2
 
 
 def test_foreign_keys_raise_one_sentence():
@@ -265,21 +282,41 @@ def test_encoder_only_checkpoint(tmp_path):
 
 
 def test_pretrained_in_chans_and_num_classes():
+    """Fine-tuning for 5 classes: everything but the classifier (the per-class hypernetwork MLPs) is loaded; the
+    MLPs keep the model's initialisation (timm drops the cfg's classifier, the filter the unused official MLPs)."""
     sd = _official_sd()
+    kwargs = dict(in_chans=1, num_classes=5, **SMALL)
+    init = _small(seed=7, **kwargs).state_dict()
+    torch.manual_seed(7)
     model = timm.create_model(
-        "herseg", pretrained=True, pretrained_cfg_overlay=dict(file=str(STATE_DICT)), in_chans=1, num_classes=5,
-        **SMALL,
-    )  # fmt: skip
-    w = model.state_dict()["image_encoder.patch_embed.proj.weight"]
+        "herseg", pretrained=True, pretrained_cfg_overlay=dict(file=str(STATE_DICT)), **kwargs
+    )
+    ours = model.state_dict()
+    w = ours["image_encoder.patch_embed.proj.weight"]
     assert w.shape == (96, 1, 16, 16)
     torch.testing.assert_close(w, sd["image_encoder.patch_embed.proj.weight"].float().sum(1, keepdim=True))
-    mlps = model.mask_decoder.output_hypernetworks_mlps
-    assert len(mlps) == 5
-    torch.testing.assert_close(
-        mlps[2].layers[0].weight, sd["mask_decoder.output_hypernetworks_mlps.2.layers.0.weight"].float()
-    )
+    assert len(model.mask_decoder.output_hypernetworks_mlps) == 5
+    for k, v in ours.items():
+        if k.startswith("mask_decoder.output_hypernetworks_mlps."):
+            assert torch.equal(v, init[k]), k
+        elif k != "image_encoder.patch_embed.proj.weight":
+            assert torch.equal(v, sd[k].float()), k
     with torch.no_grad():
         assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5, 64, 64)
+
+
+def test_pretrained_features_only_num_classes_0():
+    """num_classes=0 builds no decoder: an official file loads its encoder + neck, the decoder keys are dropped."""
+    sd = _official_sd()
+    model = timm.create_model(
+        "herseg", pretrained=True, pretrained_cfg_overlay=dict(file=str(STATE_DICT)), num_classes=0, **SMALL
+    )
+    ours = model.state_dict()
+    assert model.mask_decoder is None and model.prompt_encoder is None
+    assert sorted(ours) == sorted(
+        k for k in sd if k.startswith(("image_encoder.", "neck.")) and not _not_built(k)
+    )
+    assert all(torch.equal(v, sd[k].float()) for k, v in ours.items())
 
 
 def test_pretrained_cfg():
@@ -297,28 +334,15 @@ def test_pretrained_cfg():
     assert model_task("herseg") == "segmentation"
 
 
-# ----------------------------------------------------------------------------------------------- idle parameters
-def test_idle_parameters_frozen_and_everything_else_trains():
-    model = _small().train()
-    idle = model.idle_parameter_names()
-    assert sum(p.numel() for n, p in model.named_parameters() if n in idle) == 5_964 + 2 * 139_808
-    assert {n.split(".")[1] for n in idle if n.startswith("prompt_encoder.")} == {
-        "point_embeddings", "not_a_point_embed", "mask_downscaling",
-    }  # fmt: skip
-    assert {n.split(".")[2] for n in idle if n.startswith("mask_decoder.")} == {"1", "2"}
-    assert all(not p.requires_grad for n, p in model.named_parameters() if n in idle)
-    model(torch.randn(2, 3, 128, 128)).square().mean().backward()
-    for n, p in model.named_parameters():
-        assert (p.grad is None) == (n in idle), n
-
-    model.reset_classifier(2)
-    assert (
-        model.num_classes == 2
-        and model.mask_decoder.output_hypernetworks_mlps[1].layers[0].weight.requires_grad
-    )
-    assert {n.split(".")[2] for n in model.idle_parameter_names() if n.startswith("mask_decoder.")} == {"2"}
-    with torch.no_grad():
-        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+# ----------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_every_parameter_gets_a_gradient(num_classes):
+    """Only weights the forward uses are built: all trainable, all reached by the output (DDP without
+    find_unused_parameters, timm's backward test)."""
+    model = _small(num_classes=num_classes).train()
+    assert all(p.requires_grad for p in model.parameters())
+    model(torch.randn(2, 3, 128, 128)).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
 # ----------------------------------------------------------------------------------------------- timm API
@@ -376,6 +400,114 @@ def test_features_and_intermediates():
         assert [tuple(t.shape) for t in feats(x)] == [(1, 96, 8, 8)] * 2
 
 
+def test_num_classes_0_is_features():
+    """timm's convention: num_classes=0 -> pooled (B, num_features) = forward_head(..., pre_logits=True);
+    global_pool='' -> the unpooled image embedding at the cfg's pool_size."""
+    model = _small().eval()
+    x = torch.randn(2, 3, 128, 128)
+    cfg = model.pretrained_cfg
+    assert cfg["pool_size"] == (8, 8) and model.num_features == model.head_hidden_size == 256
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert feats.shape == (2, 256, *cfg["pool_size"])
+        torch.testing.assert_close(pre, feats.mean((2, 3)))
+        for kwargs in (dict(num_classes=0), dict(num_classes=0, global_pool="")):
+            features_only = _small(**kwargs).eval()
+            features_only.load_state_dict(checkpoint_filter_fn(model.state_dict(), features_only))
+            out = features_only(x)
+            assert (
+                features_only.mask_decoder is None
+                and features_only.get_classifier().__class__.__name__ == "Identity"
+            )
+            torch.testing.assert_close(
+                out, pre if kwargs.get("global_pool") is None else feats, rtol=0, atol=0
+            )
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.mask_decoder is None and model.prompt_encoder is None
+        torch.testing.assert_close(model(x), pre, rtol=0, atol=0)
+        model.reset_classifier(0, "")
+        torch.testing.assert_close(model(x), feats, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="global_pool"):
+        model.reset_classifier(0, "token")
+
+
+def test_reset_classifier_device_dtype_mode_and_cfg_classifier():
+    with torch.device("meta"):
+        model = timm.create_model("herseg").eval()
+    sd = model.state_dict()
+    classifier = model.pretrained_cfg["classifier"]
+    assert classifier and all(f"{c}.weight" in sd for c in classifier)
+    assert {f"{c}.{t}" for c in classifier for t in ("weight", "bias")} == {
+        k for k in sd if k.startswith("mask_decoder.output_hypernetworks_mlps.")
+    }
+    model.to(device="meta", dtype=torch.float64)
+    trunk = model.mask_decoder.transformer
+    model.reset_classifier(3)  # new MLPs, the decoder trunk is kept
+    assert model.mask_decoder.transformer is trunk and len(model.get_classifier()) == 3
+    model.reset_classifier(0)
+    model.reset_classifier(2)  # a fresh decoder
+    params = list(model.get_classifier().parameters()) + list(model.mask_decoder.parameters())
+    assert params and all(p.device.type == "meta" and p.dtype == torch.float64 for p in params)
+    assert all(not m.training for m in model.modules())
+    assert model.num_classes == 2 and model.mask_decoder.num_classes == 2
+
+
+def _fx_kwargs():
+    from timm.layers import get_notrace_functions, get_notrace_modules
+
+    return dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+
+
+def test_fx_trace_matches_eager_and_feature_extractors():
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = _small(num_classes=2).eval()
+    x = torch.randn(1, 3, 128, 96)
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=_fx_kwargs())
+    traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=_fx_kwargs())
+    # torchvision's default tracer (no timm registry): the stage modules feature_info names, NCHW
+    plain = create_feature_extractor(
+        model, return_nodes={"image_encoder.layers.1": "s1", "mask_decoder": "low"}
+    )
+    fx_feats = timm.create_model("herseg", features_only=True, feature_cls="fx", **SMALL).eval()
+    fx_feats.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = model.forward_all(x)
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        assert torch.equal(next(iter(traced(x).values())), expected["masks"])
+        out = plain(x)
+        assert torch.equal(out["s1"], taps[1]) and torch.equal(out["low"], expected["low_res_masks"])
+        assert [tuple(t.shape) for t in fx_feats(x)] == [(1, 96, 8, 6)] * 4
+        with pytest.raises(
+            AssertionError, match="multiples of 16"
+        ):  # the traced size check stays in the graph
+            plain(torch.randn(1, 3, 120, 96))
+
+
+def test_fx_backward_every_parameter():
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = _small(num_classes=3).train()
+    train_nodes, _ = get_graph_node_names(model, tracer_kwargs=_fx_kwargs())
+    traced = create_feature_extractor(
+        model,
+        train_return_nodes=[train_nodes[-1]],
+        eval_return_nodes=[train_nodes[-1]],
+        tracer_kwargs=_fx_kwargs(),
+    )
+    next(iter(traced(torch.randn(2, 3, 64, 64)).values())).mean().backward()
+    assert [n for n, p in traced.named_parameters() if p.grad is None] == []
+
+
+def test_not_scriptable_reason_is_true():
+    from visionzoo.models import model_info
+
+    assert "TODO" not in model_info("herseg").not_scriptable
+    with pytest.raises(Exception, match="variable number of arguments|cannot statically infer the expected size of a list"):
+        torch.jit.script(_small().eval())
+
+
 def test_torch_compile_matches_eager():
     model = _small().eval()
     x = torch.randn(1, 3, 64, 96)
@@ -391,7 +523,9 @@ def test_benchmark_official_key_mapping_roundtrip():
 
     bench = importlib.import_module("herseg")  # benchmarks/herseg.py (benchmarks/ is on sys.path)
     model = timm.create_model("herseg", pretrained=True, pretrained_cfg_overlay=dict(file=str(STATE_DICT)))
-    official = _official_sd()
+    official = {k: v for k, v in _official_sd().items() if not _not_built(k) or k.endswith("rope.rotations")}
     mapped = bench.to_official_state_dict(model)
-    assert sorted(mapped) == sorted(official)
+    assert sorted(mapped) == sorted(
+        official
+    )  # the official weights its forward never uses are not built here
     assert all(torch.equal(mapped[k], official[k].to(mapped[k].dtype)) for k in official)

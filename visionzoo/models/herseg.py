@@ -22,8 +22,8 @@ registered with timm as ``herseg``. The public code is the arXiv-v1 model: it wa
 
 Module and parameter names are the official ones (``image_encoder.layers.i.blocks.j...``, ``neck.*``,
 ``prompt_encoder.*``, ``mask_decoder.*``, including the swapped ``attn.up_proj`` / ``attn.down_proj`` names), so an
-official checkpoint loads with only the ``module.`` prefix stripped and the RoPE tables dropped; see
-:func:`checkpoint_filter_fn`.
+official checkpoint loads with the ``module.`` prefix stripped and the RoPE tables and never-used weights dropped;
+see :func:`checkpoint_filter_fn`.
 
 Differences from the official code (outputs agree to float32 precision on the same weights):
 
@@ -37,21 +37,25 @@ Differences from the official code (outputs agree to float32 precision on the sa
 * **Batched decoder.** The official forward runs the decoder in a Python loop over the batch; samples are
   independent, so here it runs once on the whole batch (same result).
 * **Classes.** ``num_classes`` output channels (official: 1, sigmoid). Channel ``c`` comes from hypernetwork MLP
-  ``c``, all reading the iou-token output like the released code; at least ``num_mask_tokens`` (3) MLPs exist so
-  the official state_dict fits. ``num_classes=2`` gives softmax-style two-channel logits.
-* **Idle parameters are frozen.** The released forward never uses the prompt encoder's point / not-a-point
-  embeddings or its mask-downscaling convs, nor the hypernetwork MLPs beyond ``num_classes`` (MLPs 1 and 2 of the
-  released single-class model). They are kept -- the state_dict and the parameter count (3,526,364 at 1024) are the
-  official ones -- but created with ``requires_grad=False`` (they never receive a gradient in the official training
-  either, so Adam leaves them unchanged there too); :meth:`HERSeg.idle_parameter_names` lists them. This keeps DDP
-  (``find_unused_parameters=False``) and the zoo's every-parameter-gets-a-gradient check honest.
+  ``c``, all reading the iou-token output like the released code; exactly ``num_classes`` MLPs are built.
+  ``num_classes=2`` gives softmax-style two-channel logits. The classifier in timm's sense (``get_classifier``,
+  ``reset_classifier``, the cfg's ``classifier``) is these per-class MLPs only: the rest of the decoder is shared
+  by all classes, so fine-tuning with another ``num_classes`` keeps it and re-initialises only the MLPs.
+  ``num_classes=0`` builds no decoder and returns the (pooled) image embedding, timm's features-out convention.
+* **Weights the released forward never uses are not built.** The prompt encoder's point / not-a-point embeddings
+  and mask-downscaling convs (5,964 parameters; no prompts are ever given) and hypernetwork MLPs 1 and 2 (279,616;
+  ``multimask_output=False`` decodes mask 0 only) exist in the official model and checkpoints but never receive a
+  gradient; here the model has 3,240,784 parameters (official count 3,526,364) and the checkpoint filter drops
+  those entries. Every parameter is reached by the output, so DDP without ``find_unused_parameters`` works.
 * **Normalisation.** ``pretrained_cfg`` mean/std are ImageNet's, what the official ``train.py`` feeds; the official
   ``eval.py`` (which produced the reported scores) and the PFD pre-training feed ``(pixels - mean) / mean`` instead
   (``pixel_std`` set to ``pixel_mean`` by a bug). We use ImageNet normalisation for training and evaluation alike;
   see ``docs/models/herseg.md``.
 * Efficient forms that do not change the math: the decoder attention uses ``scaled_dot_product_attention``; one
-  RoPE table per forward serves all blocks and rotates Q and K in one complex multiply; only the first
-  ``num_classes`` hypernetwork MLPs run.
+  RoPE table per forward serves all blocks and rotates Q and K in one complex multiply.
+* **Graph capture.** ``torch.compile`` and FX tracing work (timm's tracer and torchvision's default one: shape
+  checks become ``torch._assert`` nodes, the grid-sized RoPE table and rotation are leaf calls); TorchScript does
+  not (see ``_NOT_SCRIPTABLE``).
 
 Loading official checkpoints: ``timm.create_model('herseg', pretrained=True,
 pretrained_cfg_overlay=dict(file='outputs/modelvab_isic_epoch_123.pth'))`` (a file saved by the official
@@ -71,7 +75,16 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, Mlp, to_2tuple, trunc_normal_
+from timm.layers import (
+    DropPath,
+    LayerNorm2d,
+    Mlp,
+    SelectAdaptivePool2d,
+    get_device_dtype,
+    register_notrace_function,
+    to_2tuple,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -96,6 +109,11 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+# FX: the RoPE table is built from the token grid (Python ints from the input's shape), so symbolic tracing keeps
+# it as one call: timm's tracer (autowrap) and torch.fx's default one (fx.wrap patches this module's name).
+register_notrace_function(rope_2d_rotations)
+torch.fx.wrap("rope_2d_rotations")
 
 
 # --------------------------------------------------------------------------------------------- CE-encoder
@@ -162,18 +180,43 @@ class DLABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def _run(block: nn.Module, grad_checkpointing: bool, *args):
+    if grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 class MBConvStage(nn.Module):
+    """Stage 0: MBConv blocks, NCHW in and out."""
+
     def __init__(self, dim: int, depth: int, expand_ratio: float, device=None, dtype=None):
         super().__init__()
+        self.grad_checkpointing = False
         self.blocks = nn.ModuleList(
             [MBConv(dim, expand_ratio, device=device, dtype=dtype) for _ in range(depth)]
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = _run(blk, self.grad_checkpointing, x)
+        return x
+
 
 class DLAStage(nn.Module):
+    """A DLA stage, NCHW in and out (the blocks run on the row-major tokens ``(B, H*W, C)`` of the grid), so the
+    stage output is the feature map that ``feature_info`` names (also for FX feature extraction)."""
+
     def __init__(self, blocks: Sequence[DLABlock]):
         super().__init__()
+        self.grad_checkpointing = False
         self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            x = _run(blk, self.grad_checkpointing, x, (H, W), rope)
+        return x.transpose(1, 2).reshape(B, C, H, W)
 
 
 class PatchEmbed(nn.Module):
@@ -188,8 +231,9 @@ class PatchEmbed(nn.Module):
 class CEEncoder(nn.Module):
     """The HER-Seg CE-encoder (official ``LGViT``): single-scale, stride ``patch_size``, ``embed_dim`` channels.
 
-    ``layers[0]`` is the MBConv stage (NCHW), ``layers[1:]`` the DLA stages (tokens). :meth:`forward` returns the
-    output tokens ``(B, H*W, C)`` (row-major grid), the grid ``(H, W)`` and the requested stage outputs (NCHW).
+    ``layers[0]`` is the MBConv stage, ``layers[1:]`` the DLA stages (every stage maps NCHW to NCHW).
+    :meth:`forward` returns the output tokens ``(B, H*W, C)`` (row-major grid), the grid ``(H, W)`` and the
+    requested stage outputs (NCHW).
     """
 
     def __init__(
@@ -216,7 +260,6 @@ class CEEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.rope_base = rope_base
-        self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, **dd)
         self.pos_drop = nn.Dropout(drop_rate)
         # official: linspace over all blocks, the MBConv slots get none of it
@@ -252,10 +295,9 @@ class CEEncoder(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _run(self, block: nn.Module, *args):
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
 
     def forward(
         self, x: torch.Tensor, take_indices: Sequence[int] = (), num_stages: int | None = None
@@ -263,25 +305,15 @@ class CEEncoder(nn.Module):
         x = self.patch_embed(x)
         B, C, H, W = x.shape
         x = self.pos_drop(x)
-        rope = rope_2d_rotations(H, W, C, self.rope_base, device=x.device)
+        rope = rope_2d_rotations(H, W, C, self.rope_base, device=x.device)  # one table for every block
         feats: list[torch.Tensor] = []
         n = len(self.layers) if num_stages is None else num_stages
         for i in range(n):
             stage = self.layers[i]
-            if i == 0:
-                for blk in stage.blocks:
-                    x = self._run(blk, x)
-                if i in take_indices:
-                    feats.append(x)
-                x = x.flatten(2).transpose(1, 2)
-            else:
-                for blk in stage.blocks:
-                    x = self._run(blk, x, (H, W), rope)
-                if i in take_indices:
-                    feats.append(x.transpose(1, 2).reshape(B, C, H, W))
-        if n == 0:
-            x = x.flatten(2).transpose(1, 2)
-        return x, (H, W), feats
+            x = stage(x, rope) if isinstance(stage, DLAStage) else stage(x)
+            if i in take_indices:
+                feats.append(x)
+        return x.flatten(2).transpose(1, 2), (H, W), feats
 
 
 # --------------------------------------------------------------------------------------------- SAM decoder
@@ -309,31 +341,17 @@ class PositionEmbeddingRandom(nn.Module):
 class PromptEncoder(nn.Module):
     """SAM's prompt encoder as HER-Seg uses it: never given prompts.
 
-    Only ``pe_layer`` (dense positional encoding) and ``no_mask_embed`` take part in the forward. The point, box and
-    mask-prompt weights are kept so official checkpoints load unchanged; they are idle (see
-    :meth:`HERSeg.idle_parameter_names`).
+    Only the no-prompt path is built: ``pe_layer`` (dense positional encoding) and ``no_mask_embed``. SAM's point,
+    not-a-point and mask-prompt weights, which the released forward never reads, are not built; the checkpoint
+    filter drops them from official files (:func:`checkpoint_filter_fn`).
     """
 
-    def __init__(self, embed_dim: int = 256, mask_in_chans: int = 16, device=None, dtype=None):
+    def __init__(self, embed_dim: int = 256, device=None, dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2, **dd)
-        self.point_embeddings = nn.ModuleList([nn.Embedding(1, embed_dim, **dd) for _ in range(4)])
-        self.not_a_point_embed = nn.Embedding(1, embed_dim, **dd)
-        self.mask_downscaling = nn.Sequential(
-            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2, **dd),
-            LayerNorm2d(mask_in_chans // 4, eps=1e-6, **dd),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2, **dd),
-            LayerNorm2d(mask_in_chans, eps=1e-6, **dd),
-            nn.GELU(),
-            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1, **dd),
-        )
         self.no_mask_embed = nn.Embedding(1, embed_dim, **dd)
-
-    def idle_prefixes(self) -> tuple[str, ...]:
-        return ("point_embeddings.", "not_a_point_embed.", "mask_downscaling.")
 
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """No prompts: ``(image_embeddings + no-mask embedding, dense positional encoding (1, C, h, w))``."""
@@ -466,7 +484,12 @@ class HyperMLP(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """SAM's mask decoder as released in HER-Seg (no iou head; every hypernetwork reads the iou-token output)."""
+    """SAM's mask decoder as released in HER-Seg (no iou head; every hypernetwork reads the iou-token output).
+
+    ``output_hypernetworks_mlps`` holds one MLP per output class -- the class-specific part, HER-Seg's classifier.
+    The ``num_mask_tokens`` mask tokens stay (they take part in the attention) though none of their outputs is
+    decoded, as in the released code.
+    """
 
     def __init__(
         self,
@@ -482,7 +505,6 @@ class MaskDecoder(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.dim = dim
-        self.num_classes = num_classes
         self.transformer = TwoWayTransformer(depth, dim, num_heads, mlp_dim, **dd)
         self.iou_token = nn.Embedding(1, dim, **dd)
         self.mask_tokens = nn.Embedding(num_mask_tokens, dim, **dd)
@@ -493,9 +515,22 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2, **dd),
             nn.GELU(),
         )
-        self.output_hypernetworks_mlps = nn.ModuleList(
-            [HyperMLP(dim, dim, dim // 8, 3, **dd) for _ in range(max(num_classes, num_mask_tokens))]
+        if num_classes < 1:
+            raise ValueError(f"the mask decoder needs num_classes >= 1, got {num_classes}.")
+        self.output_hypernetworks_mlps = self.make_hypernetworks(num_classes, **dd)
+
+    def make_hypernetworks(self, num_classes: int, device=None, dtype=None) -> nn.ModuleList:
+        """``num_classes`` freshly initialised hypernetwork MLPs (width ``dim`` -> ``dim // 8``)."""
+        return nn.ModuleList(
+            [
+                HyperMLP(self.dim, self.dim, self.dim // 8, 3, device=device, dtype=dtype)
+                for _ in range(num_classes)
+            ]
         )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.output_hypernetworks_mlps)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
         """``image`` ``(B, C, h, w)`` (the image embedding plus the dense prompt embedding) -> low-resolution mask
@@ -506,22 +541,40 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(image, image_pe, tokens)
         up = self.output_upscaling(src.transpose(1, 2).reshape(B, C, h, w))
         token = hs[:, 0]  # the iou-token output feeds every hypernetwork (official behaviour)
-        hyper = torch.stack(
-            [self.output_hypernetworks_mlps[i](token) for i in range(self.num_classes)], dim=1
-        )
+        hyper = torch.stack([mlp(token) for mlp in self.output_hypernetworks_mlps], dim=1)
         b, c, uh, uw = up.shape
-        return (hyper @ up.reshape(b, c, uh * uw)).reshape(b, self.num_classes, uh, uw)
+        return (hyper @ up.reshape(b, c, uh * uw)).reshape(b, hyper.shape[1], uh, uw)
 
 
 # --------------------------------------------------------------------------------------------- model
+def _input_size_message(h: int, w: int, p: int, img_size: tuple[int, int]) -> str:
+    return (
+        f"HER-Seg cannot take a {h}x{w} input: its {p}x{p} patch embedding needs a height and width that "
+        f"are multiples of {p} (e.g. {max(p, h // p * p)}x{max(p, w // p * p)} or the official "
+        f"{img_size[0]}x{img_size[1]}); resize or pad the image."
+    )
+
+
 class HERSeg(nn.Module):
     """HER-Seg as released (see the module docstring). ``forward(x)`` -> logits ``(B, num_classes, H, W)``.
+
+    timm's split: :meth:`forward_features` is the image embedding ``(B, out_chans, H/16, W/16)`` (encoder + neck,
+    the SAM-style embedding the PFD checkpoint distils); :meth:`forward_head` is the SAM decoder (prompt encoder
+    without prompts + mask decoder) and returns the logits at the input size. The classifier -- what
+    ``num_classes`` sizes, ``get_classifier()`` returns and ``reset_classifier`` re-creates -- is the per-class
+    part only: ``mask_decoder.output_hypernetworks_mlps`` (one MLP per class); the class-agnostic decoder trunk
+    is kept, so fine-tuning with another ``num_classes`` keeps the trained decoder. ``num_classes=0`` means no mask
+    head: nothing would read the decoder, so none is built and ``forward`` returns the image embedding, pooled by
+    ``global_pool`` (``(B, out_chans)``; ``global_pool=''``: ``(B, out_chans, H/16, W/16)``), which is what
+    ``forward_head(x, pre_logits=True)`` returns for any ``num_classes``.
 
     Args:
         img_size: nominal input size, an int or ``(H, W)`` (the official constructor argument); inputs of any
             height and width that are multiples of ``patch_size`` work.
         in_chans: input channels.
-        num_classes: output channels (official: 1, sigmoid logits).
+        num_classes: output channels (official: 1, sigmoid logits); 0: no decoder, ``forward`` returns features.
+        global_pool: pooling of the image embedding for ``pre_logits`` / ``num_classes=0`` (``'avg'``, ``'max'``,
+            ``'avgmax'`` or ``''`` for none).
         embed_dim: CE-encoder width (official ``--dim``, 96).
         patch_size: patch-embedding kernel and stride.
         depths: blocks per encoder stage (stage 0: MBConv, then DLA stages).
@@ -534,7 +587,6 @@ class HERSeg(nn.Module):
         decoder_depth / decoder_heads / decoder_mlp_dim: two-way transformer settings (2 / 8 / 256).
         num_mask_tokens: SAM mask tokens (3); they take part in the attention even though only the iou token's
             output is decoded.
-        mask_in_chans: width of the (idle) mask-prompt convs, kept for checkpoint compatibility.
         rope_base: RoPE frequency base.
     """
 
@@ -545,6 +597,7 @@ class HERSeg(nn.Module):
         img_size: int | tuple[int, int] = 1024,
         in_chans: int = 3,
         num_classes: int = 1,
+        global_pool: str = "avg",
         embed_dim: int = 96,
         patch_size: int = 16,
         depths: Sequence[int] = (2, 2, 6, 2),
@@ -558,15 +611,14 @@ class HERSeg(nn.Module):
         decoder_heads: int = 8,
         decoder_mlp_dim: int = 256,
         num_mask_tokens: int = 3,
-        mask_in_chans: int = 16,
         rope_base: float = 10000.0,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if num_classes < 1:
-            raise ValueError(f"HER-Seg predicts masks: num_classes must be >= 1, got {num_classes}.")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no mask head), got {num_classes}.")
         img_size = tuple(int(s) for s in to_2tuple(img_size))
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise InputSizeError(f"img_size {img_size} is not a multiple of the patch size {patch_size}.")
@@ -575,21 +627,30 @@ class HERSeg(nn.Module):
         self.num_classes = num_classes
         self.patch_size = patch_size
         self.embed_dim = embed_dim
+        self.out_chans = out_chans
         self.num_features = self.head_hidden_size = out_chans
+        self._decoder_args = dict(
+            num_mask_tokens=num_mask_tokens,
+            depth=decoder_depth,
+            num_heads=decoder_heads,
+            mlp_dim=decoder_mlp_dim,
+        )
         self.image_encoder = CEEncoder(
             in_chans, embed_dim, patch_size, depths, num_heads, mlp_ratio, qkv_bias, drop_rate, drop_path_rate,
             rope_base, **dd,
         )  # fmt: skip
-        self.prompt_encoder = PromptEncoder(out_chans, mask_in_chans, **dd)
-        self.mask_decoder = MaskDecoder(
-            out_chans, num_classes, num_mask_tokens, decoder_depth, decoder_heads, decoder_mlp_dim, **dd
-        )
+        self.prompt_encoder: PromptEncoder | None = None
+        self.mask_decoder: MaskDecoder | None = None
+        if num_classes > 0:
+            self.prompt_encoder, self.mask_decoder = self._make_decoder(num_classes, **dd)
         self.neck = nn.Sequential(
             nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False, **dd),
             LayerNorm2d(out_chans, eps=1e-6, **dd),
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False, **dd),
             LayerNorm2d(out_chans, eps=1e-6, **dd),
         )
+        self.global_pool = global_pool
+        self.head_pool = self._make_pool(global_pool)
         self.feature_info = [
             dict(
                 num_chs=embed_dim,
@@ -599,35 +660,29 @@ class HERSeg(nn.Module):
             )
             for i in range(len(depths))
         ]
-        self._freeze_idle()
 
-    # ----------------------------------------------------------------------------------------- idle parameters
-    def idle_parameter_names(self) -> list[str]:
-        """Parameters the forward never uses: the prompt encoder's point / mask-prompt weights and the hypernetwork
-        MLPs beyond ``num_classes``. They are created frozen (``requires_grad=False``)."""
-        names = []
-        if self.prompt_encoder is not None:
-            prefixes = tuple(f"prompt_encoder.{p}" for p in self.prompt_encoder.idle_prefixes())
-            names += [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
-        if self.mask_decoder is not None:
-            for i in range(self.num_classes, len(self.mask_decoder.output_hypernetworks_mlps)):
-                prefix = f"mask_decoder.output_hypernetworks_mlps.{i}."
-                names += [n for n, _ in self.named_parameters() if n.startswith(prefix)]
-        return names
+    def _make_decoder(self, num_classes: int, device=None, dtype=None) -> tuple[PromptEncoder, MaskDecoder]:
+        dd = {"device": device, "dtype": dtype}
+        return (
+            PromptEncoder(self.out_chans, **dd),
+            MaskDecoder(self.out_chans, num_classes, **self._decoder_args, **dd),
+        )
 
-    def _freeze_idle(self) -> None:
-        if self.mask_decoder is not None:
-            for i, mlp in enumerate(self.mask_decoder.output_hypernetworks_mlps):
-                mlp.requires_grad_(i < self.num_classes)
-        idle = set(self.idle_parameter_names())
-        for name, p in self.named_parameters():
-            if name in idle:
-                p.requires_grad_(False)
+    @staticmethod
+    def _make_pool(global_pool: str) -> nn.Module:
+        if global_pool not in ("", "avg", "max", "avgmax"):
+            raise ValueError(
+                f"HER-Seg pools its image embedding with global_pool 'avg', 'max', 'avgmax' or '' (none), "
+                f"got {global_pool!r}."
+            )
+        return SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
 
     # ----------------------------------------------------------------------------------------- timm API
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """The learned token embeddings (like a ViT's cls token); timm already skips biases and norm weights."""
+        if self.mask_decoder is None:
+            return set()
         return {
             "mask_decoder.iou_token.weight",
             "mask_decoder.mask_tokens.weight",
@@ -647,41 +702,49 @@ class HERSeg(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.image_encoder.grad_checkpointing = enable
+        self.image_encoder.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.mask_decoder.output_hypernetworks_mlps
+        """The class-specific part: one hypernetwork MLP per class (``nn.Identity()`` when ``num_classes=0``)."""
+        return nn.Identity() if self.mask_decoder is None else self.mask_decoder.output_hypernetworks_mlps
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Change the number of output channels; MLPs that become active are (re)initialised, idle ones frozen."""
-        if num_classes < 1:
-            raise ValueError(f"HER-Seg predicts masks: num_classes must be >= 1, got {num_classes}.")
-        dec = self.mask_decoder
-        ref = dec.output_hypernetworks_mlps[0].layers[0].weight
-        dd = {"device": ref.device, "dtype": ref.dtype}
-        old = self.num_classes
-        while len(dec.output_hypernetworks_mlps) < num_classes:
-            dec.output_hypernetworks_mlps.append(HyperMLP(dec.dim, dec.dim, dec.dim // 8, 3, **dd))
-        for i in range(old, num_classes):
-            if i < len(dec.output_hypernetworks_mlps):
-                for layer in dec.output_hypernetworks_mlps[i].layers:
-                    layer.reset_parameters()
-        self.num_classes = dec.num_classes = num_classes
-        self._freeze_idle()
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New per-class hypernetwork MLPs for ``num_classes`` classes (freshly initialised, like timm's new
+        ``nn.Linear``); the decoder trunk is kept. ``0`` removes the decoder (``forward`` then returns the pooled
+        image embedding); a later ``num_classes > 0`` builds a fresh one. New modules follow the model's device,
+        dtype and train/eval mode."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no mask head), got {num_classes}.")
+        if global_pool is not None:
+            self.head_pool = self._make_pool(global_pool).train(self.training)
+            self.global_pool = global_pool
+        dd = get_device_dtype(self)
+        if num_classes == 0:
+            self.prompt_encoder = self.mask_decoder = None
+        elif self.mask_decoder is None:
+            prompt_encoder, mask_decoder = self._make_decoder(num_classes, **dd)
+            self.prompt_encoder = prompt_encoder.train(self.training)
+            self.mask_decoder = mask_decoder.train(self.training)
+        else:
+            mlps = self.mask_decoder.make_hypernetworks(num_classes, **dd)
+            self.mask_decoder.output_hypernetworks_mlps = mlps.train(self.training)
+        self.num_classes = num_classes
 
     # ----------------------------------------------------------------------------------------- forward
     def _check_input_size(self, x: torch.Tensor) -> None:
-        if torch.jit.is_scripting():
+        p = self.patch_size
+        if isinstance(x, torch.fx.Proxy):
+            # traced: a graph-time check (kept by dead-code elimination), the message without the sizes
+            H, W = x.shape[-2:]
+            torch._assert(
+                (H % p == 0) & (W % p == 0) & (H >= p) & (W >= p),
+                f"HER-Seg needs an input height and width that are multiples of {p}.",
+            )
             return
         H, W = int(x.shape[-2]), int(x.shape[-1])
-        p = self.patch_size
         if H % p or W % p or H < p or W < p:
-            raise InputSizeError(
-                f"HER-Seg cannot take a {H}x{W} input: its {p}x{p} patch embedding needs a height and width that "
-                f"are multiples of {p} (e.g. {max(p, H // p * p)}x{max(p, W // p * p)} or the official "
-                f"{self.img_size[0]}x{self.img_size[1]}); resize or pad the image."
-            )
+            raise InputSizeError(_input_size_message(H, W, p, self.img_size))
 
     def _embed(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         B, _, C = tokens.shape
@@ -698,9 +761,24 @@ class HERSeg(nn.Module):
         src, dense_pe = self.prompt_encoder(image_embeddings)
         return self.mask_decoder(src, dense_pe)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Image embedding ``(B, C, h, w)`` -> logits ``(B, num_classes, h * patch, w * patch)`` (the input size);
+        ``pre_logits`` (or ``num_classes=0``): the embedding pooled by ``global_pool``."""
+        if pre_logits or self.mask_decoder is None:
+            return self.head_pool(x)
+        low = self.forward_decoder(x)
+        p = self.patch_size
+        return F.interpolate(
+            low, size=(x.shape[-2] * p, x.shape[-1] * p), mode="bilinear", align_corners=False
+        )
+
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every output of one pass: ``masks`` (``forward``), ``low_res_masks`` (decoder logits at H/4),
         ``enc0`` (encoder tokens ``(B, H/16 * W/16, embed_dim)``, before the neck) and ``image_embeddings``."""
+        if self.mask_decoder is None:
+            raise ValueError(
+                "forward_all needs the mask decoder; this model has num_classes=0 (features only)."
+            )
         self._check_input_size(x)
         tokens, hw, _ = self.image_encoder(x)
         emb = self._embed(tokens, hw)
@@ -709,11 +787,7 @@ class HERSeg(nn.Module):
         return {"masks": masks, "low_res_masks": low, "enc0": tokens, "image_embeddings": emb}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.forward_features(x)
-        if self.mask_decoder is None:  # pruned to a feature extractor
-            return emb
-        low = self.forward_decoder(emb)
-        return F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
@@ -742,15 +816,15 @@ class HERSeg(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop encoder stages after the last requested one, the neck (``prune_norm``) and the decoder."""
+        """Drop encoder stages after the last requested one, the neck (``prune_norm``) and the decoder
+        (``prune_head``: ``reset_classifier(0, '')``, so ``forward`` returns the unpooled features)."""
         take_indices, max_index = feature_take_indices(len(self.image_encoder.layers), indices)
         self.image_encoder.layers = self.image_encoder.layers[: max_index + 1]
         if prune_norm:
             self.neck = nn.Identity()
             self.num_features = self.head_hidden_size = self.embed_dim
         if prune_head:
-            self.prompt_encoder = None
-            self.mask_decoder = None
+            self.reset_classifier(0, "")
         return take_indices
 
 
@@ -758,6 +832,11 @@ class HERSeg(nn.Module):
 _PREFIXES = ("module.", "_orig_mod.")
 _ROPE_TABLE = re.compile(r"^image_encoder\.layers\.\d+\.blocks\.\d+\.attn\.rope\.rotations$")
 _HYPER_MLP = re.compile(r"^mask_decoder\.output_hypernetworks_mlps\.(\d+)\.")
+#: official weights the released (prompt-free) forward never reads; not built here
+_UNUSED_OFFICIAL = re.compile(r"^prompt_encoder\.(point_embeddings|not_a_point_embed|mask_downscaling)\.")
+_DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+#: the released forward decodes mask 0 only (multimask_output=False): official hypernetwork MLPs 1-2 are unused
+_OFFICIAL_NUM_CLASSES = 1
 _ENCODER_PREFIXES = ("image_encoder.", "neck.")
 _FIRST_CONV_KEY = "image_encoder.patch_embed.proj.weight"
 #: tags whose weights are an encoder + neck only (the decoder and prompt encoder keep their initialisation)
@@ -803,24 +882,33 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
     ``{'model' | 'state_dict': ...}`` wrappers, ``_orig_mod.`` (torch.compile) and ``model.`` (Lightning) prefixes.
     Drops the official RoPE tables (``attn.rope.rotations``, recomputed from the grid), upcasts float16 values to the
     model's dtype, drops hypernetwork MLPs beyond the model's and fills missing ones (classes the checkpoint lacks)
-    from the model's initialisation. An encoder-only checkpoint (``image_encoder.*`` + ``neck.*``, e.g. the official
+    from the model's initialisation (a ``num_classes=0`` model, which has no decoder, drops the decoder's keys).
+    Official weights the released forward never uses are not built and dropped: ``prompt_encoder.point_embeddings``
+    / ``not_a_point_embed`` / ``mask_downscaling``, and hypernetwork MLPs 1-2 of official files (ones with RoPE
+    tables). An encoder-only checkpoint (``image_encoder.*`` + ``neck.*``, e.g. the official
     ``SAM_PFD_10K.pth``) loads under the ``herseg.sam_pfd_10k`` tag; the prompt encoder and decoder then keep their
     initialisation. Raises :class:`CheckpointError` for foreign keys, missing keys and wrong shapes (the patch
     embedding is left to timm's ``in_chans`` adaptation).
     """
     state_dict = _unwrap(state_dict)
     target = model.state_dict()
-    n_mlps = len(getattr(getattr(model, "mask_decoder", None), "output_hypernetworks_mlps", ()))
+    decoder = getattr(model, "mask_decoder", None)
+    n_mlps = len(decoder.output_hypernetworks_mlps) if decoder is not None else 0
+    renamed = [(key, _rename(key, target), value) for key, value in state_dict.items()]
+    official = any(_ROPE_TABLE.match(new_key) for _, new_key, _ in renamed)
     out: dict[str, torch.Tensor] = {}
     foreign = []
-    for key, value in state_dict.items():
-        new_key = _rename(key, target)
-        if _ROPE_TABLE.match(new_key):
+    for key, new_key, value in renamed:
+        if _ROPE_TABLE.match(new_key) or _UNUSED_OFFICIAL.match(new_key):
             continue
+        m = _HYPER_MLP.match(new_key)
+        if m and official and int(m.group(1)) >= _OFFICIAL_NUM_CLASSES:
+            continue  # never read by the released forward: the class gets this model's initialisation
         if new_key not in target:
-            m = _HYPER_MLP.match(new_key)
             if m and int(m.group(1)) >= n_mlps and torch.is_tensor(value):
                 continue  # a class this model does not predict
+            if decoder is None and new_key.startswith(_DECODER_PREFIXES):
+                continue  # a features-only (num_classes=0) model has no decoder
             foreign.append(key)
             continue
         if not torch.is_tensor(value):
@@ -849,7 +937,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
             )
     for k in list(missing):  # hypernetwork MLPs for classes beyond the checkpoint's: fresh init
         m = _HYPER_MLP.match(k)
-        if m and any(_HYPER_MLP.match(o) for o in out):
+        if m and (official or any(_HYPER_MLP.match(o) for o in out)):
             out[k] = target[k].clone()
             missing.remove(k)
     if missing:
@@ -913,6 +1001,8 @@ def _create_herseg(variant: str, pretrained: bool = False, **kwargs) -> HERSeg:
         img_size = kwargs.get("img_size")
         if img_size is not None and cfg.get("input_size"):
             cfg["input_size"] = (cfg["input_size"][0], *to_2tuple(img_size))  # the nominal size follows
+            patch = kwargs.get("patch_size", 16)
+            cfg["pool_size"] = tuple(s // patch for s in to_2tuple(img_size))
         model.pretrained_cfg = model.default_cfg = cfg
     return model
 
@@ -926,8 +1016,10 @@ def _cfg(url: str = "", **kwargs) -> SegmentationPretrainedCfg:
         "interpolation": "bilinear",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
+        "pool_size": (64, 64),  # forward_features: the image embedding at stride 16
         "first_conv": "image_encoder.patch_embed.proj",
-        "classifier": "mask_decoder.output_hypernetworks_mlps",
+        # the class-specific weights (hypernetwork MLP of class 0); timm re-initialises them for another num_classes
+        "classifier": tuple(f"mask_decoder.output_hypernetworks_mlps.0.layers.{i}" for i in range(3)),
         "license": "apache-2.0",
         "paper_ids": "arXiv:2504.06205",
         "paper_name": "HER-Seg: Holistically Efficient Segmentation for High-Resolution Medical Images",
@@ -955,7 +1047,13 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-_NOT_SCRIPTABLE = "the SAM-style prompt/mask decoder path uses Python-level optional arguments TorchScript cannot type"  # TODO(issue 13): confirm
+# torch.compile and FX tracing are the supported graph paths; TorchScript fails in the encoder (checked with
+# torch.jit.script on the model and on its FX graph).
+_NOT_SCRIPTABLE = (
+    "TorchScript cannot compile the RoPE rotation every DLA block calls (layers/rope.py apply_rope_2d reshapes "
+    "to the starred shape *x.shape[:-1], a list of unknown length) nor the CE-encoder's variadic "
+    "gradient-checkpointing helper"
+)
 
 
 @register_zoo_model(task="segmentation", not_scriptable=_NOT_SCRIPTABLE)

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from .rope import apply_rope_2d
 
 __all__ = ["LinearAttention"]
+
+# FX: the rotation reads the tensor's dtype and unpacks its shape in Python, so symbolic tracing keeps it as one
+# call: timm's tracer (autowrap) and torch.fx's default one (fx.wrap patches this module's name).
+register_notrace_function(apply_rope_2d)
+torch.fx.wrap("apply_rope_2d")
 
 
 class LinearAttention(nn.Module):
