@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import http.server
 import io
 import json
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,10 +15,12 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from zoo_models import small
 
 import visionzoo
 from visionzoo import hub
 from visionzoo.cli import main
+from visionzoo.models import model_info
 
 SMALL = ["depths=[1,1,1,1]", "embed_dims=[32,64,128,256]"]
 SMALL_KW = dict(depths=[1, 1, 1, 1], embed_dims=[32, 64, 128, 256])
@@ -281,27 +281,17 @@ def test_predict_malformed_checkpoint_is_one_sentence(capsys, tmp_path, image):
 
 
 def _segmenters() -> list[str]:
-    out = []
-    for name in visionzoo.list_models():
-        module = sys.modules[timm.models._registry._model_entrypoints[name].__module__]
-        table = getattr(module, "CONFORMANCE", {})
-        if any(fnmatch.fnmatchcase(name, k) and v.get("task") == "segmentation" for k, v in table.items()):
-            out.append(name)
-    return out
+    return [n for n in visionzoo.list_models() if model_info(n).task == "segmentation"]
 
 
 @pytest.mark.skipif(not _segmenters(), reason="no segmenter registered")
 def test_predict_segmenter_writes_mask_and_overlay(capsys, tmp_path, image):
     name = _segmenters()[0]
-    module = sys.modules[timm.models._registry._model_entrypoints[name].__module__]
-    decl = {}
-    for k, v in module.CONFORMANCE.items():
-        if fnmatch.fnmatchcase(name, k):
-            decl.update(v)
-    kwargs = decl.get("kwargs", {})
-    model = timm.create_model(name, **kwargs)
+    spec = small(name)
+    model = timm.create_model(name, **spec.kwargs)
     torch.save(model.state_dict(), tmp_path / "seg.pth")
-    side = str((decl.get("input_size") or (3, 64, 64))[-1])
+    side = str(spec.input_size[-1])
+    kwargs = spec.kwargs
     argv = [
         "predict",
         name,

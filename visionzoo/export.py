@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import VisionZooError
 
-__all__ = ["FORMATS", "ExportError", "export_model", "scriptable"]
+__all__ = ["FORMATS", "ExportError", "export_model", "not_scriptable_reason", "scriptable"]
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2"}
 RTOL = 1e-4
@@ -36,12 +36,17 @@ class ExportError(VisionZooError, RuntimeError):
     """A model cannot be exported in the requested format, or the exported file disagrees with eager."""
 
 
-def scriptable(name: str) -> bool:
-    """Whether the zoo model's registration says TorchScript supports it (models outside the zoo: True)."""
+def not_scriptable_reason(name: str) -> str | None:
+    """Why the zoo model's registration says TorchScript does not support it (None: it does, or not a zoo model)."""
     from .models import model_info, zoo_model_names
 
     arch = name.split(".")[0]
-    return arch not in zoo_model_names() or model_info(arch).scriptable
+    return model_info(arch).not_scriptable if arch in zoo_model_names() else None
+
+
+def scriptable(name: str) -> bool:
+    """Whether TorchScript supports the model, as its registration says (models outside the zoo: True)."""
+    return not_scriptable_reason(name) is None
 
 
 @contextlib.contextmanager
@@ -102,10 +107,10 @@ def export_model(
         if check:
             result["check"] = _check_onnx(model, output, x2)
     elif fmt == "torchscript":
-        if not scriptable(name):
+        reason = not_scriptable_reason(name)
+        if reason is not None:
             raise ExportError(
-                f"{name} cannot be exported to TorchScript (its family declares it not scriptable: "
-                f"data-dependent routing and Python-only code paths); use --format onnx or --format torch_export."
+                f"{name} cannot be exported to TorchScript ({reason}); use --format onnx or --format torch_export."
             )
         from timm.layers import set_scriptable
 

@@ -1,8 +1,12 @@
 """pytest plugin for timm's ``tests/test_models.py`` run over the zoo (``-p tests.timm_suite.plugin``).
 
 * imports visionzoo before timm's file is collected, so its module-level ``list_models`` calls see the zoo;
-* keeps only the cases parametrised with a zoo model name (timm's own models are timm's business) and deselects
-  the two tests that need the model hub (``test_model_load_pretrained``, ``test_model_features_pretrained``);
+* keeps only the cases parametrised with a zoo model name (timm's own models are timm's business);
+* runs the two tests that would download weights (``test_model_load_pretrained``, ``test_model_features_pretrained``)
+  offline: before each, a weight file for the tag is made from a freshly built model (the zoo's own key names) and
+  put where ``visionzoo.hub`` caches that tag's URL (a zip holding it for zip assets), with
+  ``VISIONZOO_OFFLINE=1`` and ``VISIONZOO_CACHE`` pointing at a temporary folder; so timm's real pretrained path
+  runs (file read, checkpoint filter, ``in_chans=1`` stem adaptation, classifier reset), only the bytes are local;
 * turns exactly these failures into ``xfailed``, everything else counts:
   - a segmenter's ``test_model_backward`` / ``test_model_backward_fx`` failing only at the final classifier-shape
     assertion (a ``(B, num_classes, H, W)`` output has no ``num_classes`` on the last axis), i.e. after every
@@ -16,10 +20,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+import zipfile
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 import visionzoo
 from visionzoo.models import model_info
@@ -47,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         name = _model_name(item)
-        if name is None or name.split(".")[0] not in _ZOO or item.originalname in NETWORK_TESTS:
+        if name is None or name.split(".")[0] not in _ZOO:
             drop.append(item)
             continue
         info = model_info(name)
@@ -57,6 +67,41 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
+
+
+def pytest_configure(config):
+    cache = Path(tempfile.mkdtemp(prefix="visionzoo-timm-suite-weights-"))
+    os.environ["VISIONZOO_CACHE"] = str(cache)
+    os.environ["VISIONZOO_OFFLINE"] = "1"
+
+
+def _make_local_weights(tag: str) -> None:
+    """A weight file for pretrained ``tag`` at the exact place the hub looks for its URL's download."""
+    from visionzoo import hub
+
+    cfg = timm.get_pretrained_cfg(tag).to_dict()
+    if not cfg.get("url"):
+        raise AssertionError(f"{tag}: pretrained without a url; the offline stand-in covers url weights only")
+    source = hub.weights_source(cfg)
+    if hub.cached_file(source) is not None:
+        return
+    torch.manual_seed(0)
+    state = timm.create_model(tag, pretrained=False).state_dict()
+    source.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    if source.member:
+        staged = source.cache_path.with_suffix(".member")
+        torch.save(state, staged)
+        with zipfile.ZipFile(source.cache_path, "w") as zf:
+            zf.write(staged, source.member)
+        staged.unlink()
+    else:
+        torch.save(state, source.cache_path)
+
+
+def pytest_runtest_setup(item):
+    name = _model_name(item)
+    if name is not None and item.originalname in NETWORK_TESTS:
+        _make_local_weights(name)
 
 
 def _allowed_failure(item, excinfo) -> str | None:

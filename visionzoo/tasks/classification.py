@@ -16,6 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .compiling import maybe_compile
 from .optim import configure_optimizers
 
 
@@ -40,7 +41,7 @@ class ClassificationTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        self.model = torch.compile(model) if compile else model
+        self.model = maybe_compile(model, compile)
         self.num_classes = num_classes
         self.optimizer_cfg = dict(optimizer or {})
         self.scheduler_cfg = dict(scheduler or {})

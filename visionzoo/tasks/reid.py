@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .compiling import maybe_compile
 from .optim import build_optimizer, build_scheduler, global_batch_size, scaled_lr, steps_per_epoch
 from .reid_metrics import compute_reid_metrics, reid_metrics_from_distance
 from .reid_rerank import k_reciprocal_rerank, rerank_memory_bytes
@@ -128,8 +129,7 @@ class ReIDTask(L.LightningModule):
                 f"{rerank_k2} and {rerank_lambda}."
             )
         self.save_hyperparameters(ignore=["model"])
-        self.model = torch.compile(model) if compile else model
-        self._raw_model = model
+        self.model = maybe_compile(model, compile)
         self.num_classes = num_classes
         self.optimizer_cfg = dict(optimizer or {})
         self.scheduler_cfg = dict(scheduler or {})
@@ -163,15 +163,15 @@ class ReIDTask(L.LightningModule):
     # ------------------------------------------------------------------ forward
     def embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pre-BN feature, post-BN feature)``; both the pre-logits feature for a plain timm classifier."""
-        if hasattr(self._raw_model, "forward_embeddings"):
+        if hasattr(self.model, "forward_embeddings"):
             return self.model.forward_embeddings(images)
-        feat = self._raw_model.forward_head(self.model.forward_features(images), pre_logits=True)
+        feat = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
         return feat, feat
 
     def classify(self, post: torch.Tensor) -> torch.Tensor:
-        head = self._raw_model.get_classifier()
-        if getattr(self._raw_model, "drop_rate", 0.0) and hasattr(self._raw_model, "forward_embeddings"):
-            post = F.dropout(post, p=float(self._raw_model.drop_rate), training=self.training)
+        head = self.model.get_classifier()
+        if getattr(self.model, "drop_rate", 0.0) and hasattr(self.model, "forward_embeddings"):
+            post = F.dropout(post, p=float(self.model.drop_rate), training=self.training)
         return head(post)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

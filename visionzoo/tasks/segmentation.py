@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric
 from ..errors import ConfigError
 from ..inference import build_inferer
 from ..losses import build_loss
+from .compiling import maybe_compile
 from .optim import configure_optimizers
 from .seg_metrics import HD95, ConfusionMetrics, VolumeDice, sanitize_class_names
 
@@ -92,7 +93,7 @@ class SegmentationTask(L.LightningModule):
             from ..models.dense import build_from_spec
 
             model = build_from_spec(model_spec, pretrained=False)
-        self.model = torch.compile(model) if compile else model
+        self.model = maybe_compile(model, compile)
         self.num_classes = int(num_classes)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.class_keys = sanitize_class_names(class_names, self.num_classes)
