@@ -254,7 +254,8 @@ def test_other_num_classes_and_in_chans(io):
 
 
 def test_same_num_classes_keeps_tokens_when_cfg_differs():
-    """A 3-class checkpoint into a 3-class model: timm would drop mask_tokens (cfg says 2); the filter keeps it."""
+    """A 3-class checkpoint into a 3-class model: timm would drop the cfg's classifier keys (cfg says 2 classes);
+    the filter keeps them."""
     torch.manual_seed(0)
     src = QTSeg(num_classes=3, **SMALL)
     model = timm.create_model(
@@ -361,11 +362,61 @@ def test_grad_checkpointing_train_step_equal():
 
 
 def test_reset_classifier():
+    """reset_classifier(n): n fresh queries + token MLPs + classifier (MLP_s0), on the model's device / dtype and
+    in its train / eval mode."""
     model = QTSeg(**SMALL).eval()
     model.reset_classifier(4)
-    assert model.num_classes == 4 and model.get_classifier().weight.shape == (4, 128)
+    classifier = model.get_classifier()
+    assert classifier is model.mask_decoder.MLP_s0 and len(classifier) == 4
+    assert model.num_classes == 4 and model.mask_decoder.mask_tokens.weight.shape == (4, 128)
+    assert not any(m.training for m in model.modules())
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+    model.to(device="meta", dtype=torch.float64)
+    model.reset_classifier(0)
+    model.reset_classifier(2)
+    params = list(model.get_classifier().parameters())
+    assert params and all(p.device.type == "meta" and p.dtype == torch.float64 for p in params)
+    assert not any(m.training for m in model.modules())
+
+
+def test_num_classes_zero_gives_features():
+    """timm's convention: no classifier -> pooled forward_head(forward_features(x), pre_logits=True); with
+    global_pool='' the map. reset_classifier(0) keeps the features bit-identical (the queries stay)."""
+    torch.manual_seed(0)
+    model = QTSeg(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert features.shape == (2, model.num_features, 32, 48) and pre_logits.shape == (2, 32)
+        torch.testing.assert_close(pre_logits, features.mean((2, 3)), rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="query tokens"):
+            model.forward_head(features)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and len(model.get_classifier()) == 0
+        assert torch.equal(model(x), pre_logits) and torch.equal(model.forward_features(x), features)
+        model.reset_classifier(0, "")
+        assert torch.equal(model(x), features)
+    for kwargs, shape in ((dict(), (2, 32)), (dict(global_pool=""), (2, 32, 32, 48))):
+        headless = timm.create_model("qtseg", num_classes=0, **kwargs, **SMALL).eval()
+        assert headless.num_features == headless.head_hidden_size == 32
+        assert "mask_decoder.MLP_s0.0.layers.2.weight" not in headless.state_dict()
+        with torch.no_grad():
+            assert headless(x).shape == shape
+    with pytest.raises(ValueError, match="global_pool"):
+        QTSeg(global_pool="catavgmax", **SMALL)
+
+
+def test_num_classes_zero_loads_the_official_decoder(model):
+    """create_model(num_classes=0, pretrained) keeps the released queries and decoder: its features are the
+    2-class model's; the cfg's classifier keys are the mask classifier's last layers."""
+    headless = _official(num_classes=0, global_pool="")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(headless(x), model.forward_features(x))
+    for name in timm.get_pretrained_cfg("qtseg").classifier:
+        assert name + ".weight" in model.state_dict()
 
 
 def test_channel_attention_autocast_is_float32():
@@ -389,9 +440,9 @@ def test_pretrained_cfg():
         "https://github.com/tpnam0901/QTSeg/releases/download/assets/ISIC2016_v1.0.0.zip"
     )
     assert cfg["paper_ids"] == "arXiv:2412.17241" and cfg["num_classes"] == 2
-    assert (
-        cfg["first_conv"] == "image_encoder.conv_0.conv" and cfg["classifier"] == "mask_decoder.mask_tokens"
-    )
+    assert cfg["first_conv"] == "image_encoder.conv_0.conv"
+    assert tuple(cfg["classifier"]) == ("mask_decoder.MLP_s0.0.layers.2", "mask_decoder.MLP_s0.1.layers.2")
+    assert tuple(cfg["pool_size"]) == (256, 256) and "min_input_size" not in cfg
     assert tuple(cfg["input_size"]) == (3, 512, 512) and tuple(cfg["mean"]) == (0.5, 0.5, 0.5)
     # timm re-validates this dict on reload (local-dir: / hf-hub:) and rejects unknown keys such as 'task'
     assert "task" not in cfg
@@ -399,3 +450,70 @@ def test_pretrained_cfg():
     nano = timm.get_pretrained_cfg("qtseg.fpn_nano_coco")
     assert nano.url.endswith("/fpn-nano.pth") and nano.license == "agpl-3.0"
     assert {"qtseg.isic2016", "qtseg.fpn_nano_coco"} <= set(timm.list_pretrained("qtseg*"))
+
+
+# ----------------------------------------------------------------------------------------------- FX and pruning
+def test_fx_tracing_with_timm_tracer():
+    """timm's notrace registry + torchvision's extractor: the graph equals eager, its size check runs as a
+    torch._assert node; feature_cls='fx' equals the getter; eager keeps the one-sentence InputSizeError."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = QTSeg(**SMALL).eval()
+    x = torch.randn(1, 3, 64, 96)
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    graph = create_feature_extractor(
+        model,
+        return_nodes={"image_encoder.c2f_21": "enc2", "interpolate": "out"},
+        tracer_kwargs=tracer_kwargs,
+    )
+    with torch.no_grad():
+        out = graph(x)
+        assert torch.equal(out["out"], model(x))
+        assert torch.equal(out["enc2"], model.forward_encoder(x)[2])
+        with pytest.raises(AssertionError, match="multiples of 32"):
+            graph(torch.randn(1, 3, 64, 80))
+        with pytest.raises(InputSizeError, match="64x80"):
+            model(torch.randn(1, 3, 64, 80))
+    torch.manual_seed(0)
+    fx_features = timm.create_model("qtseg", features_only=True, feature_cls="fx", **SMALL).eval()
+    with torch.no_grad():
+        for a, b in zip(fx_features(x), model.forward_intermediates(x, intermediates_only=True)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_prune_intermediate_layers(index):
+    """Pruning to level i drops the bridge, decoder and classifier (they need every level): forward_features ends
+    at tap i, no module after it is called, reset_classifier accepts only 0 and pooling follows timm."""
+    torch.manual_seed(0)
+    model = QTSeg(**SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tap = model.forward_intermediates(x, indices=[index], intermediates_only=True)[0]
+    assert model.prune_intermediate_layers([index]) == [index]
+    assert model.bridge is None and model.mask_decoder is None and model.num_classes == 0
+    assert model.num_features == model.head_hidden_size == tap.shape[1]
+    assert model.image_encoder.num_levels == index + 1
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), tap) and torch.equal(model(x), tap)
+        final, taps = model.forward_intermediates(x, indices=[index])
+        assert torch.equal(final, tap) and torch.equal(taps[0], tap)
+        model.reset_classifier(0, "avg")
+        torch.testing.assert_close(model(x), tap.mean((2, 3)))
+    with pytest.raises(RuntimeError, match="pruned"):
+        model.reset_classifier(2)
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_prune_last_level_without_head_keeps_output():
+    torch.manual_seed(0)
+    model = QTSeg(**SMALL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        model.prune_intermediate_layers([2], prune_head=False)
+        assert torch.equal(model(x), expected)

@@ -52,7 +52,13 @@ from typing import Final
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, use_fused_attn
+from timm.layers import (
+    LayerNorm2d,
+    get_device_dtype,
+    register_notrace_module,
+    select_adaptive_pool2d,
+    use_fused_attn,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -73,6 +79,28 @@ __all__ = [
 ]
 
 STRIDE = 32  # the largest stride: height and width must be multiples of it
+OFFICIAL_NUM_QUERIES = (
+    2  # background + foreground: the query tokens of a num_classes=0 model (the released layout)
+)
+_GLOBAL_POOLS = ("", "avg", "max", "avgmax")
+_SIZE_RULE = "QTSeg needs an input height and width that are multiples of 32"
+
+
+def _check_input_size(x: torch.Tensor) -> None:
+    """Height and width must be multiples of :data:`STRIDE`. Eager: one :class:`InputSizeError` sentence naming
+    sizes that work. FX-traced or scripted: a ``torch._assert``, a graph node that checks each run (timm's way;
+    a Python ``raise`` would need concrete sizes at trace time)."""
+    height, width = x.shape[-2], x.shape[-1]
+    if torch.jit.is_scripting() or isinstance(height, torch.fx.Proxy):
+        torch._assert((height % STRIDE) + (width % STRIDE) == 0, _SIZE_RULE)
+        return
+    if height % STRIDE or width % STRIDE:
+        h, w = (max(STRIDE, round(s / STRIDE) * STRIDE) for s in (height, width))
+        raise InputSizeError(
+            f"QTSeg cannot take a {height}x{width} input, because its encoder and MLFD bridge resample "
+            f"between strides 8, 16 and 32, so height and width must be multiples of {STRIDE} "
+            f"(e.g. {h}x{w} or 512x512); resize or pad the image."
+        )
 
 
 def _maybe_checkpoint(enabled: bool, module: nn.Module, *args):
@@ -113,6 +141,7 @@ class QTSegEncoder(nn.Module):
         self.conv_19 = ConvBnAct(8 * n, 8 * n, 3, 2, **dd)
         self.c2f_21 = C2f(24 * n, 16 * n, 1, **dd)
         self.out_chs = (4 * n, 8 * n, 16 * n)
+        self.num_levels = 3  # fewer after prune()
         self.grad_checkpointing = False
 
     def prune(self, max_level: int) -> None:
@@ -120,8 +149,12 @@ class QTSegEncoder(nn.Module):
         drop = {0: ("conv_16", "c2f_18", "conv_19", "c2f_21"), 1: ("conv_19", "c2f_21")}.get(max_level, ())
         for name in drop:
             setattr(self, name, None)
+        self.num_levels = min(self.num_levels, max_level + 1)
 
-    def forward(self, x: torch.Tensor, max_level: int = 2) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, max_level: int | None = None) -> list[torch.Tensor]:
+        """Levels ``0 .. max_level`` (default: every level this encoder still has)."""
+        last = self.num_levels - 1
+        max_level = last if max_level is None else min(max_level, last)
         ckpt = self.grad_checkpointing
 
         def run(module, *args):
@@ -240,6 +273,7 @@ class SpatialAttention(nn.Module):
         return x * torch.sigmoid(self.cv1(stats)) + x
 
 
+@register_notrace_module  # a leaf for FX: its autocast branch reads the input's device type at run time
 class ChannelAttention(nn.Module):
     """DANet channel attention: ``gamma * softmax(rowmax(E) - E) X + X`` with ``E = X Xᵀ`` over the flattened map
     (no projections; ``gamma`` starts at 0, so the block starts as the identity and still gets a gradient)."""
@@ -406,7 +440,14 @@ class RandomFourierPE(nn.Module):
 
 class DualMixAttentionDecoder(nn.Module):
     """The DMA decoder (official ``MaskDecoder``); per level ``i`` (0 = stride 8): ``DMAB_s{i}``, ``MLP_s{i}``
-    (one token MLP per class), ``PE_s{i}`` and ``SUB_s{i}`` (the upsampling after the level)."""
+    (one token MLP per query), ``PE_s{i}`` and ``SUB_s{i}`` (the upsampling after the level).
+
+    The decoder reads ``num_queries`` learned query tokens (``mask_tokens``). ``MLP_s2`` / ``MLP_s1`` carry each
+    token to the next level's width; ``MLP_s0`` is the **mask classifier**: class ``k``'s MLP turns its final token
+    into the 1x1 weights that project ``mask_embeddings`` to logit map ``k``. Officially there is one query per
+    class (``num_queries == num_classes``). With ``num_classes=0`` the queries stay (they drive every DMA block,
+    so ``mask_embeddings`` are unchanged) and only ``MLP_s0`` and the projection are gone.
+    """
 
     def __init__(
         self,
@@ -416,6 +457,7 @@ class DualMixAttentionDecoder(nn.Module):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         downsample_rate: int = 2,
+        num_queries: int | None = None,
         device=None,
         dtype=None,
     ):
@@ -427,7 +469,13 @@ class DualMixAttentionDecoder(nn.Module):
             )
         self.dims = tuple(int(d) for d in dims)
         self.num_classes = int(num_classes)
-        self.mask_tokens = nn.Embedding(self.num_classes, self.dims[-1], **dd)
+        self.num_queries = int(num_queries) if num_queries is not None else self.num_classes
+        if self.num_queries < 1 or self.num_classes not in (0, self.num_queries):
+            raise ValueError(
+                f"QTSeg's decoder needs num_queries >= 1 and one query per class, got num_queries "
+                f"{self.num_queries} for num_classes {self.num_classes}."
+            )
+        self.mask_tokens = nn.Embedding(self.num_queries, self.dims[-1], **dd)
         for i in reversed(range(3)):
             dim = self.dims[i]
             setattr(
@@ -435,7 +483,9 @@ class DualMixAttentionDecoder(nn.Module):
                 f"DMAB_s{i}",
                 DualMixAttentionStage(depths[i], dim, num_heads, mlp_dim, downsample_rate, **dd),
             )
-            setattr(self, f"MLP_s{i}", self._token_mlps(i, self.num_classes, **dd))
+            setattr(
+                self, f"MLP_s{i}", self._token_mlps(i, self.num_classes if i == 0 else self.num_queries, **dd)
+            )
             setattr(self, f"PE_s{i}", RandomFourierPE(dim // 2, **dd))
             if i > 0:
                 up = nn.Sequential(
@@ -454,19 +504,23 @@ class DualMixAttentionDecoder(nn.Module):
                 )
             setattr(self, f"SUB_s{i}", up)
 
-    def _token_mlps(self, i: int, num_classes: int, device=None, dtype=None) -> nn.ModuleList:
+    def _token_mlps(self, i: int, num_tokens: int, device=None, dtype=None) -> nn.ModuleList:
         out_dim = self.dims[i - 1] if i > 0 else self.dims[0]
         return nn.ModuleList(
             TokenMLP(self.dims[i], self.dims[i], out_dim, 3, device=device, dtype=dtype)
-            for _ in range(num_classes)
+            for _ in range(num_tokens)
         )
 
-    def reset_classes(self, num_classes: int) -> None:
-        """New query tokens and token MLPs (fresh init) for ``num_classes`` classes."""
-        ref = self.mask_tokens.weight
-        dd = {"device": ref.device, "dtype": ref.dtype}
+    def reset_classes(self, num_classes: int, device=None, dtype=None) -> None:
+        """``num_classes > 0``: new query tokens and token MLPs (fresh init), one per class. ``0``: drop the mask
+        classifier (``MLP_s0``) and keep the queries and the rest of the decoder as they are."""
+        dd = {"device": device, "dtype": dtype}
         self.num_classes = int(num_classes)
-        self.mask_tokens = nn.Embedding(self.num_classes, self.dims[-1], **dd)
+        if self.num_classes == 0:
+            self.MLP_s0 = nn.ModuleList()
+            return
+        self.num_queries = self.num_classes
+        self.mask_tokens = nn.Embedding(self.num_queries, self.dims[-1], **dd)
         for i in range(3):
             setattr(self, f"MLP_s{i}", self._token_mlps(i, self.num_classes, **dd))
 
@@ -474,23 +528,36 @@ class DualMixAttentionDecoder(nn.Module):
         for i in range(3):
             getattr(self, f"DMAB_s{i}").grad_checkpointing = enable
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``feats``: the three bridged maps, finest first -> (``low_res_masks`` B x K x H/2 x W/2,
-        ``mask_embeddings`` B x dims[0] x H/2 x W/2)."""
+    def forward_features(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats``: the three bridged maps, finest first -> (the query tokens after the last level, ``B x Q x
+        dims[0]``; ``mask_embeddings`` ``B x dims[0] x H/2 x W/2``)."""
         batch = feats[-1].shape[0]
         tokens = self.mask_tokens.weight.unsqueeze(0).expand(batch, -1, -1)
         prev: torch.Tensor | None = None
-        feat = feats[-1]
         for i in (2, 1, 0):
             feat = feats[i] if prev is None else feats[i] + prev
             pe = getattr(self, f"PE_s{i}")(feat.shape[-2], feat.shape[-1]).to(dtype=feat.dtype)
             att_tokens, feat = getattr(self, f"DMAB_s{i}")(tokens, feat, pe)
             feat = prev = getattr(self, f"SUB_s{i}")(feat)
-            mlps = getattr(self, f"MLP_s{i}")
-            tokens = torch.stack([mlp(att_tokens[:, k]) for k, mlp in enumerate(mlps)], dim=1)
+            if i > 0:
+                mlps = getattr(self, f"MLP_s{i}")
+                tokens = torch.stack([mlp(att_tokens[:, k]) for k, mlp in enumerate(mlps)], dim=1)
+            else:
+                tokens = att_tokens
+        return tokens, prev
+
+    def forward_head(self, tokens: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """The mask classifier: class ``k``'s ``MLP_s0`` turns query token ``k`` into 1x1 weights for
+        ``mask_embeddings`` -> ``low_res_masks`` ``B x num_classes x H/2 x W/2``."""
+        weights = torch.stack([mlp(tokens[:, k]) for k, mlp in enumerate(self.MLP_s0)], dim=1)
         b, c, h, w = feat.shape
-        masks = (tokens @ feat.flatten(2)).view(b, -1, h, w)
-        return masks, feat
+        return (weights @ feat.flatten(2)).view(b, -1, h, w)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats``: the three bridged maps, finest first -> (``low_res_masks`` B x K x H/2 x W/2,
+        ``mask_embeddings`` B x dims[0] x H/2 x W/2)."""
+        tokens, feat = self.forward_features(feats)
+        return self.forward_head(tokens, feat), feat
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -499,12 +566,26 @@ class QTSeg(nn.Module):
 
     Args:
         in_chans: input channels.
-        num_classes: query tokens = output channels (official: 2, background + foreground, softmax).
+        num_classes: query tokens = output channels (official: 2, background + foreground, softmax). ``0``: no
+            mask classifier, ``forward`` returns the decoder's features (timm's convention, see below).
         width: YOLOv8 width multiplier in channels (official: 16 = nano); feature widths are 4/8/16 x width.
         mask_depths: DMA blocks per decoder level, finest first (official (1, 2, 3)).
         num_heads: attention heads at every level.
         mlp_dim: hidden width of the DMA blocks' token MLPs.
         attn_downsample_rate: q/k/v width = level width / this.
+        global_pool: pooling of the features when there is no mask classifier (``'avg'``, ``'max'``, ``'avgmax'``;
+            ``''`` keeps the map).
+
+    **Features and the classifier** (timm's ``num_classes=0`` convention). The features are the decoder's
+    ``mask_embeddings`` (``num_features = 4 * width`` channels at H/2 x W/2), what the per-pixel projection to
+    classes reads. The classifier is that projection, ``mask_decoder.MLP_s0``: one MLP per class turning its query
+    token into 1x1 weights (:meth:`get_classifier`). The query tokens are not part of it: every DMA block reads
+    them, so removing them would change the features; with ``num_classes=0`` the decoder keeps its queries (the
+    official two, so a released checkpoint's decoder loads whole) and ``forward`` returns ``forward_head(
+    forward_features(x), pre_logits=True)``: pooled ``B x num_features``, or the ``B x num_features x H/2 x W/2``
+    map with ``global_pool=''``. ``reset_classifier(n > 0)`` makes ``n`` fresh queries with their token MLPs and
+    classifier (one query per class, as in the official model); ``reset_classifier(0)`` only drops the classifier,
+    so ``forward_features`` is unchanged.
     """
 
     def __init__(
@@ -516,17 +597,17 @@ class QTSeg(nn.Module):
         num_heads: int = 8,
         mlp_dim: int = 2048,
         attn_downsample_rate: int = 2,
+        global_pool: str = "avg",
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if num_classes < 1:
-            raise ValueError(
-                f"QTSeg predicts one query token per class and needs num_classes >= 1, got {num_classes}."
-            )
+        if num_classes < 0:
+            raise ValueError(f"QTSeg needs num_classes >= 0 (0: no mask classifier), got {num_classes}.")
         self.in_chans = in_chans
         self.num_classes = int(num_classes)
+        self.global_pool = _check_global_pool(global_pool)
         self.width = int(width)
         self.embed_dims = (4 * self.width, 8 * self.width, 16 * self.width)
         self.num_features = self.head_hidden_size = self.embed_dims[0]
@@ -534,7 +615,14 @@ class QTSeg(nn.Module):
         self.image_encoder = QTSegEncoder(in_chans, self.width, **dd)
         self.bridge = MLFD(self.width, **dd)
         self.mask_decoder = DualMixAttentionDecoder(
-            self.embed_dims, self.num_classes, mask_depths, num_heads, mlp_dim, attn_downsample_rate, **dd
+            self.embed_dims,
+            self.num_classes,
+            mask_depths,
+            num_heads,
+            mlp_dim,
+            attn_downsample_rate,
+            num_queries=self.num_classes or OFFICIAL_NUM_QUERIES,
+            **dd,
         )
         self.feature_info = [
             dict(num_chs=c, reduction=r, module=f"image_encoder.{m}")
@@ -584,37 +672,42 @@ class QTSeg(nn.Module):
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.mask_decoder.mask_tokens
+        """The mask classifier ``mask_decoder.MLP_s0`` (one token MLP per class; empty when ``num_classes=0``)."""
+        if self.mask_decoder is None:
+            return nn.Identity()
+        return self.mask_decoder.MLP_s0
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New query tokens and per-token MLPs for ``num_classes`` (``global_pool`` is accepted and ignored)."""
-        if num_classes < 1:
-            raise ValueError(f"QTSeg needs num_classes >= 1, got {num_classes}.")
+        """``num_classes > 0``: fresh query tokens, token MLPs and classifier for that many classes; ``0``: drop the
+        classifier only (``forward`` then returns the pooled features, the map with ``global_pool=''``)."""
+        if num_classes < 0:
+            raise ValueError(f"QTSeg needs num_classes >= 0 (0: no mask classifier), got {num_classes}.")
+        if global_pool is not None:
+            self.global_pool = _check_global_pool(global_pool)
+        if self.mask_decoder is None:
+            if num_classes:
+                raise RuntimeError(
+                    "this QTSeg was pruned to its encoder, so it has no decoder to classify with; "
+                    "reset_classifier accepts only num_classes=0."
+                )
+            self.num_classes = 0
+            return
         self.num_classes = int(num_classes)
-        self.mask_decoder.reset_classes(num_classes)
+        self.mask_decoder.reset_classes(self.num_classes, **get_device_dtype(self.mask_decoder))
+        self.mask_decoder.train(self.training)
 
     # ----------------------------------------------------------------------------------------- forward
-    def _check_input_size(self, x: torch.Tensor) -> None:
-        if torch.jit.is_scripting():
-            return
-        height, width = int(x.shape[-2]), int(x.shape[-1])
-        if height % STRIDE or width % STRIDE:
-            h, w = (max(STRIDE, round(s / STRIDE) * STRIDE) for s in (height, width))
-            raise InputSizeError(
-                f"QTSeg cannot take a {height}x{width} input, because its encoder and MLFD bridge resample "
-                f"between strides 8, 16 and 32, so height and width must be multiples of {STRIDE} "
-                f"(e.g. {h}x{w} or 512x512); resize or pad the image."
-            )
-
-    def forward_encoder(self, x: torch.Tensor, max_level: int = 2) -> list[torch.Tensor]:
+    def forward_encoder(self, x: torch.Tensor, max_level: int | None = None) -> list[torch.Tensor]:
         """The encoder maps (strides 8, 16, 32; before the MLFD bridge), up to level ``max_level``."""
-        self._check_input_size(x)
+        _check_input_size(x)
         return self.image_encoder(x, max_level)
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Everything in one pass: ``masks`` (logits at the input size), ``low_res_masks`` (at H/2), the
         decoder's ``mask_embeddings`` (dims[0] x H/2 x W/2; the official ``forward`` returns ``(masks,
         mask_embeddings)``) and ``encoder_features`` (the three encoder maps)."""
+        if self.mask_decoder is None or self.num_classes == 0:
+            raise RuntimeError("forward_all needs QTSeg's mask classifier (num_classes > 0, not pruned).")
         feats = self.forward_encoder(x)
         low_res, embeddings = self.mask_decoder(self.bridge(feats))
         masks = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -625,12 +718,34 @@ class QTSeg(nn.Module):
             "encoder_features": feats,
         }
 
+    def _features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        if self.mask_decoder is None:
+            return feats[-1]  # pruned: the encoder ends at the tap
+        return self.mask_decoder.forward_features(self.bridge(feats))[1]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's final feature map (``mask_embeddings``), the one the class tokens are dotted with."""
-        return self.mask_decoder(self.bridge(self.forward_encoder(x)))[1]
+        """The decoder's final feature map (``mask_embeddings``, ``B x num_features x H/2 x W/2``), the one the
+        mask classifier projects; after pruning to the encoder, its last kept map."""
+        return self._features(self.forward_encoder(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooled features (``global_pool``; ``''`` leaves the map). The logits cannot come from here: the mask
+        classifier also reads the decoder's query tokens, so ``forward`` computes them."""
+        if self.global_pool:
+            x = select_adaptive_pool2d(x, pool_type=self.global_pool, output_size=1).flatten(1)
+        if pre_logits or self.num_classes == 0:
+            return x
+        raise RuntimeError(
+            "QTSeg's mask classifier reads the decoder's query tokens as well as the features, so "
+            "forward_head(pre_logits=False) cannot make logits; call the model (or forward_all) instead."
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        low_res, _ = self.mask_decoder(self.bridge(self.forward_encoder(x)))
+        feats = self.forward_encoder(x)
+        if self.mask_decoder is None or self.num_classes == 0:
+            return self.forward_head(self._features(feats), pre_logits=True)
+        tokens, embeddings = self.mask_decoder.forward_features(self.bridge(feats))
+        low_res = self.mask_decoder.forward_head(tokens, embeddings)
         return F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward_intermediates(
@@ -643,20 +758,21 @@ class QTSeg(nn.Module):
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder maps (``feature_info``: strides 8/16/32) and, unless ``intermediates_only``, the final
-        ``mask_embeddings`` (== :meth:`forward_features`). ``norm`` is accepted and ignored (no final norm)."""
+        features (== :meth:`forward_features`; with ``stop_early`` before the last level, the last tap).
+        ``norm`` is accepted and ignored (no final norm)."""
         if output_fmt != "NCHW":
             raise ValueError(f"QTSeg intermediates are NCHW only, got output_fmt={output_fmt!r}.")
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        if intermediates_only:
+        if intermediates_only or stop_early:
             feats = self.forward_encoder(x, max_index)
-            return [feats[i] for i in take_indices]
-        if self.mask_decoder is None:
-            raise RuntimeError(
-                "this QTSeg was pruned to its encoder; call forward_intermediates(intermediates_only=True)."
-            )
-        feats = self.forward_encoder(x)
-        _, embeddings = self.mask_decoder(self.bridge(feats))
-        return embeddings, [feats[i] for i in take_indices]
+        else:
+            feats = self.forward_encoder(x)
+        intermediates = [feats[i] for i in take_indices]
+        if intermediates_only:
+            return intermediates
+        if len(feats) < len(self.feature_info):
+            return feats[-1], intermediates  # stopped early (or pruned): the features end at the last tap
+        return self._features(feats), intermediates
 
     def prune_intermediate_layers(
         self,
@@ -664,20 +780,31 @@ class QTSeg(nn.Module):
         prune_norm: bool = False,
         prune_head: bool = True,
     ) -> list[int]:
-        """Keep the encoder up to the deepest requested level; drop bridge + decoder when ``prune_head``."""
+        """Keep the encoder up to the deepest requested level. The bridge and decoder need all three levels, so
+        they go (with the classifier: ``num_classes = 0``, no pooling) on ``prune_head`` or when a level is pruned;
+        ``forward_features`` then ends at that level. ``prune_norm`` is accepted (there is no final norm)."""
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         self.image_encoder.prune(max_index)
         if prune_head or max_index < len(self.feature_info) - 1:
             self.bridge = None
             self.mask_decoder = None
+            self.reset_classifier(0, "")
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         return take_indices
+
+
+def _check_global_pool(global_pool: str) -> str:
+    if global_pool not in _GLOBAL_POOLS:
+        raise ValueError(f"QTSeg's global_pool must be one of {_GLOBAL_POOLS}, got {global_pool!r}.")
+    return global_pool
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
 _PARTS = ("image_encoder.", "bridge.", "mask_decoder.")
 _WRAPPERS = ("state_dict_model", "model", "state_dict")
-_CLASS_KEY = re.compile(r"^mask_decoder\.(?:mask_tokens\.|MLP_s\d+\.(\d+)\.)")
+# per-query keys (the tokens and the MLPs carrying them between levels) and per-class keys (the mask classifier)
+_QUERY_KEY = re.compile(r"^mask_decoder\.(?:mask_tokens\.|MLP_s[12]\.\d+\.)")
+_CLASS_KEY = re.compile(r"^mask_decoder\.MLP_s0\.\d+\.")
 _TOKENS_KEY = "mask_decoder.mask_tokens.weight"
 _FIRST_CONV_KEY = "image_encoder.conv_0.conv.weight"
 
@@ -727,9 +854,11 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
 
     * An encoder-only file (``fpn-nano.pth``: ``image_encoder`` keys without the prefix) fills the encoder; the
       bridge and decoder keep the model's current (fresh) values.
-    * A checkpoint with another number of classes: its query tokens and per-token MLPs are replaced by the model's
-      fresh ones (everything else loads); with the same number they are kept even when the pretrained cfg's
-      ``num_classes`` differs (timm would drop the tokens otherwise).
+    * A checkpoint with another number of classes (query tokens): its query tokens, per-token MLPs and mask
+      classifier are replaced by the model's fresh ones (everything else loads); with the same number they are kept
+      even when the pretrained cfg's ``num_classes`` differs (timm would drop the classifier otherwise).
+    * A model without classifier (``num_classes=0``, two queries) takes the checkpoint's queries and decoder and
+      leaves its classifier (``MLP_s0``) out.
 
     Raises :class:`CheckpointError` (one sentence) for keys that are not QTSeg keys, for missing keys and for
     shape mismatches (the first conv is left to timm's ``in_chans`` adaptation).
@@ -741,15 +870,18 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
     if encoder_only:
         items = [("image_encoder." + k, orig, v) for k, orig, v in items]
 
-    num_classes = getattr(model, "num_classes", None)
+    decoder = getattr(model, "mask_decoder", None)
+    num_queries = getattr(decoder, "num_queries", None)
+    has_classifier = getattr(model, "num_classes", 0) > 0
     tokens = next((v for k, _, v in items if k == _TOKENS_KEY and torch.is_tensor(v)), None)
-    same_classes = tokens is not None and tokens.ndim == 2 and tokens.shape[0] == num_classes
+    same_queries = tokens is not None and tokens.ndim == 2 and tokens.shape[0] == num_queries
 
     out: dict[str, torch.Tensor] = {}
     foreign = []
     for key, orig, value in items:
-        class_key = _CLASS_KEY.match(key)
-        if class_key and not same_classes:
+        if _CLASS_KEY.match(key) and not has_classifier:
+            continue  # num_classes=0: no mask classifier to load into
+        if (_QUERY_KEY.match(key) or _CLASS_KEY.match(key)) and not same_queries:
             continue  # another class count: the model's fresh tokens / MLPs are filled in below
         if key not in target or not torch.is_tensor(value):
             foreign.append(orig)
@@ -766,7 +898,7 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
         if key in out:
             continue
         if (encoder_only and not key.startswith("image_encoder.")) or (
-            _CLASS_KEY.match(key) and not same_classes
+            (_QUERY_KEY.match(key) or _CLASS_KEY.match(key)) and not same_queries
         ):
             out[key] = value.clone()
     missing = [k for k in target if k not in out]
@@ -785,19 +917,19 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
         raise CheckpointError(
             f"the QTSeg checkpoint does not fit this model's shapes (checkpoint vs model): {_first(bad_shape, 3)}."
         )
-    if same_classes:
-        _keep_class_tokens(out, model)
+    if same_queries:
+        _keep_class_keys(out, model)
     return out
 
 
-def _keep_class_tokens(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """Copy the query tokens into the model now: timm's loader drops the ``classifier`` (``mask_tokens``)
+def _keep_class_keys(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Copy the kept per-class tensors into the model now: timm's loader drops the cfg's ``classifier`` keys
     whenever ``num_classes`` differs from the pretrained cfg's, even when the file has the right number."""
-    decoder = getattr(model, "mask_decoder", None)
-    tokens = state_dict.get(_TOKENS_KEY)
-    if decoder is not None and tokens is not None and tokens.shape == decoder.mask_tokens.weight.shape:
-        with torch.no_grad():
-            decoder.mask_tokens.weight.copy_(tokens)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            if _CLASS_KEY.match(key) and key in params and params[key].shape == value.shape:
+                params[key].copy_(value)
 
 
 def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -853,15 +985,15 @@ def _cfg(url: str = "", **kwargs) -> SegmentationPretrainedCfg:
         "url": url,
         "num_classes": 2,
         "input_size": (3, 512, 512),
-        "min_input_size": (3, 32, 32),
-        "pool_size": None,
+        "pool_size": (256, 256),  # mask_embeddings at H/2 x W/2
         "crop_pct": 1.0,
         "crop_mode": "center",
         "interpolation": "bilinear",
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "first_conv": "image_encoder.conv_0.conv",
-        "classifier": "mask_decoder.mask_tokens",
+        # the mask classifier's last layer per pretrained class (class k's MLP_s0 makes its 1x1 projection weights)
+        "classifier": ("mask_decoder.MLP_s0.0.layers.2", "mask_decoder.MLP_s0.1.layers.2"),
         "license": "other",
         "paper_ids": "arXiv:2412.17241",
         "paper_name": (

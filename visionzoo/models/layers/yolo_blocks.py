@@ -86,7 +86,8 @@ class C2f(nn.Module):
         self.m = nn.ModuleList(Bottleneck(self.hidden, self.hidden, shortcut, **dd) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = list(self.cv1(x).chunk(2, dim=1))
+        first, second = self.cv1(x).chunk(2, dim=1)  # unpacked, not list(): FX can trace a fixed-size unpack
+        parts = [first, second]
         for block in self.m:
             parts.append(block(parts[-1]))
         return self.cv2(torch.cat(parts, dim=1))
