@@ -18,6 +18,13 @@ import visionzoo  # noqa: E402,F401  (registers the zoo models with timm)
 
 ENCODERS = ["tu-biformer_tiny", "tu-reid_resnet50_lab"]
 ARCHS = ["Unet", "FPN", "UPerNet", "Segformer"]
+# thin decoders (smp's own kwargs) keep the time on the encoder, which is what these tests are about
+DECODERS = {
+    "Unet": dict(decoder_channels=(64, 32, 16, 16, 16)),
+    "FPN": dict(decoder_pyramid_channels=64, decoder_segmentation_channels=32),
+    "UPerNet": dict(decoder_channels=64),
+    "Segformer": dict(decoder_segmentation_channels=64),
+}
 SIZES = [(224, 224), (256, 256), (512, 512), (320, 480)]
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,7 +35,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_smp_tu_encoder_forward_backward(arch: str, encoder: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, classes=2).train()
+    model = getattr(smp, arch)(
+        encoder_name=encoder, encoder_weights=None, classes=2, **DECODERS[arch]
+    ).train()
     # UPerNet's PSP module batch-norms 1x1 pooled maps: a batch of one cannot train there (smp's own limit)
     batch = 2 if arch == "UPerNet" else 1
     x = torch.randn(batch, 3, *size)
