@@ -65,8 +65,6 @@ pretrained_cfg_overlay=dict(file='outputs/modelvab_isic_epoch_123.pth'))`` (a fi
 everything afterwards, as the authors advise).
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import re
