@@ -314,6 +314,86 @@ def test_forward_intermediates_prune_and_head_api():
     assert model.num_features == 64
 
 
+def test_reset_classifier_keeps_train_eval_mode_device_and_dtype():
+    model = timm.create_model("biformer_tiny", **SMALL).eval().to(torch.float64)
+    model.reset_classifier(3, "max")
+    assert not model.head.training and not model.global_pool.training
+    assert model.head.weight.dtype == torch.float64
+    model.train().reset_classifier(2)
+    assert model.head.training
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_prune_intermediate_layers_contract(index):
+    """timm's contract: returned indices give the tap, later stages go, norm/head go, num_features follows."""
+    torch.manual_seed(0)
+    model = timm.create_model("biformer_tiny", num_classes=5, **SMALL).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+    pruned = copy.deepcopy(model)
+    take = pruned.prune_intermediate_layers([index], prune_norm=True)
+    assert take == [index] and len(pruned.stages) == len(pruned.downsample_layers) == index + 1
+    assert isinstance(pruned.norm, torch.nn.Identity) and isinstance(pruned.head, torch.nn.Identity)
+    assert (
+        pruned.num_classes == 0
+        and pruned.num_features == pruned.head_hidden_size == SMALL["embed_dims"][index]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[index]
+        )
+        torch.testing.assert_close(pruned.forward_features(x), taps[index])
+    pruned.train()
+    pruned.forward_features(x).sum().backward()
+    assert not [n for n, p in pruned.named_parameters() if p.grad is None]
+
+
+def test_fx_feature_extraction_any_size_and_strict_mode():
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    model = timm.create_model("biformer_tiny", **SMALL).eval()
+    x = torch.randn(1, 3, 96, 128)  # no stage map divisible by n_win=7: padded inside each attention
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+    plain = create_feature_extractor(model, return_nodes=["stages.1", "stages.3"])  # torchvision's own tracer
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    timm_traced = create_feature_extractor(
+        model, return_nodes=["stages.1", "stages.3"], tracer_kwargs=tracer_kwargs
+    )
+    fx_net = timm.create_model(
+        "biformer_tiny", features_only=True, feature_cls="fx", out_indices=(1, 3), **SMALL
+    )
+    with torch.no_grad():
+        for extractor in (plain, timm_traced):
+            out = extractor(x)
+            assert torch.equal(out["stages.1"], taps[1]) and torch.equal(out["stages.3"], taps[3])
+        assert [f.shape for f in fx_net.eval()(x)] == [taps[1].shape, taps[3].shape]
+    strict = create_feature_extractor(
+        timm.create_model("biformer_tiny", auto_pad=False, **SMALL).eval(), return_nodes=["stages.3"]
+    )
+    assert strict(torch.randn(1, 3, 112, 112))["stages.3"].shape == (1, 256, 4, 4)
+    with pytest.raises(AssertionError, match="n_win=7"):  # traced: the size check is a torch._assert node
+        strict(x)
+
+
+@pytest.mark.parametrize("auto_pad", [True, False])
+def test_torchscript_matches_eager(auto_pad):
+    from timm.layers import set_scriptable
+
+    torch.manual_seed(0)
+    with set_scriptable(True):
+        model = timm.create_model("biformer_tiny", num_classes=4, auto_pad=auto_pad, **SMALL).eval()
+    scripted = torch.jit.script(model)
+    sizes = [(112, 112), (96, 128)] if auto_pad else [(112, 112)]
+    with torch.no_grad():
+        for hw in sizes:
+            x = torch.randn(2, 3, *hw)
+            assert torch.equal(scripted(x), model(x))
+
+
 def test_group_matcher_and_no_weight_decay():
     from timm.optim import create_optimizer_v2
 
