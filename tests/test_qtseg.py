@@ -517,3 +517,22 @@ def test_prune_last_level_without_head_keeps_output():
         expected = model(x)
         model.prune_intermediate_layers([2], prune_head=False)
         assert torch.equal(model(x), expected)
+
+
+def test_torchscript_matches_eager():
+    """Scriptable (timm's set_scriptable): the scripted model equals eager, with and without the classifier; its
+    size check is the torch._assert."""
+    from timm.layers import set_scriptable
+
+    torch.manual_seed(0)
+    with set_scriptable(True):
+        model = timm.create_model("qtseg", **SMALL).eval()
+    x = torch.randn(1, 3, 64, 96)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), model(x))
+        with pytest.raises(Exception, match="multiples of 32"):
+            scripted(torch.randn(1, 3, 64, 80))
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(model)(x), model(x))

@@ -43,12 +43,9 @@ encoder comes from the file, the bridge and decoder keep their fresh initialisat
 ``strict=False`` load, but any key that is not an encoder key still raises).
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Final
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +53,6 @@ from timm.layers import (
     LayerNorm2d,
     get_device_dtype,
     register_notrace_module,
-    select_adaptive_pool2d,
     use_fused_attn,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -90,8 +86,18 @@ def _check_input_size(x: torch.Tensor) -> None:
     """Height and width must be multiples of :data:`STRIDE`. Eager: one :class:`InputSizeError` sentence naming
     sizes that work. FX-traced or scripted: a ``torch._assert``, a graph node that checks each run (timm's way;
     a Python ``raise`` would need concrete sizes at trace time)."""
+    if torch.jit.is_scripting():  # TorchScript cannot read module globals: STRIDE and _SIZE_RULE spelled out
+        torch._assert(
+            (x.shape[-2] % 32) + (x.shape[-1] % 32) == 0,
+            "QTSeg needs an input height and width that are multiples of 32",
+        )
+    else:
+        _check_input_size_python(x)
+
+
+def _check_input_size_python(x: torch.Tensor) -> None:
     height, width = x.shape[-2], x.shape[-1]
-    if torch.jit.is_scripting() or isinstance(height, torch.fx.Proxy):
+    if isinstance(height, torch.fx.Proxy):
         torch._assert((height % STRIDE) + (width % STRIDE) == 0, _SIZE_RULE)
         return
     if height % STRIDE or width % STRIDE:
@@ -101,12 +107,6 @@ def _check_input_size(x: torch.Tensor) -> None:
             f"between strides 8, 16 and 32, so height and width must be multiples of {STRIDE} "
             f"(e.g. {h}x{w} or 512x512); resize or pad the image."
         )
-
-
-def _maybe_checkpoint(enabled: bool, module: nn.Module, *args):
-    if enabled and torch.is_grad_enabled() and not torch.jit.is_scripting():
-        return checkpoint(module, *args, use_reentrant=False)
-    return module(*args)
 
 
 # --------------------------------------------------------------------------------------------- encoder
@@ -144,6 +144,13 @@ class QTSegEncoder(nn.Module):
         self.num_levels = 3  # fewer after prune()
         self.grad_checkpointing = False
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every C2f / SPPF block in the backward pass."""
+        self.grad_checkpointing = enable
+        for module in self.modules():
+            if isinstance(module, (C2f, SPPF)):
+                module.grad_checkpointing = enable
+
     def prune(self, max_level: int) -> None:
         """Drop the layers that only levels above ``max_level`` need."""
         drop = {0: ("conv_16", "c2f_18", "conv_19", "c2f_21"), 1: ("conv_19", "c2f_21")}.get(max_level, ())
@@ -151,39 +158,33 @@ class QTSegEncoder(nn.Module):
             setattr(self, name, None)
         self.num_levels = min(self.num_levels, max_level + 1)
 
-    def forward(self, x: torch.Tensor, max_level: int | None = None) -> list[torch.Tensor]:
-        """Levels ``0 .. max_level`` (default: every level this encoder still has)."""
-        last = self.num_levels - 1
-        max_level = last if max_level is None else min(max_level, last)
-        ckpt = self.grad_checkpointing
-
-        def run(module, *args):
-            return _maybe_checkpoint(ckpt, module, *args)
-
+    def forward(self, x: torch.Tensor, max_level: int = 2) -> list[torch.Tensor]:
+        """Levels ``0 .. max_level`` (at most the levels this encoder still has after :meth:`prune`)."""
+        max_level = min(max_level, self.num_levels - 1)
         x = self.conv_0(x)
         x = self.conv_1(x)
-        x = run(self.c2f_2, x)
+        x = self.c2f_2(x)
         x = self.conv_3(x)
-        p3 = run(self.c2f_4, x)
+        p3 = self.c2f_4(x)
         x = self.conv_5(p3)
-        p4 = run(self.c2f_6, x)
+        p4 = self.c2f_6(x)
         x = self.conv_7(p4)
-        x = run(self.c2f_8, x)
-        p5 = run(self.sppf_9, x)
+        x = self.c2f_8(x)
+        p5 = self.sppf_9(x)
         x = F.interpolate(p5, scale_factor=2.0, mode="nearest")
-        n4 = run(self.c2f_12, torch.cat([x, p4], dim=1))
+        n4 = self.c2f_12(torch.cat([x, p4], dim=1))
         x = F.interpolate(n4, scale_factor=2.0, mode="nearest")
-        out0 = run(self.c2f_15, torch.cat([x, p3], dim=1))
+        out0 = self.c2f_15(torch.cat([x, p3], dim=1))
         outs = [out0]
         if max_level < 1:
             return outs
         x = self.conv_16(out0)
-        out1 = run(self.c2f_18, torch.cat([x, n4], dim=1))
+        out1 = self.c2f_18(torch.cat([x, n4], dim=1))
         outs.append(out1)
         if max_level < 2:
             return outs
         x = self.conv_19(out1)
-        outs.append(run(self.c2f_21, torch.cat([x, p5], dim=1)))
+        outs.append(self.c2f_21(torch.cat([x, p5], dim=1)))
         return outs
 
 
@@ -209,7 +210,7 @@ class MLFD(nn.Module):
         self.neck_2_1 = ConvBnAct(8 * n, 4 * n, 3, 2, **dd)
         self.neck_2_2 = ConvBnAct(16 * n, 8 * n, 1, **dd)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         f0, f1, f2 = feats
         return [
             torch.cat([self.neck_0_0(f0), self.neck_0_1(f1), self.neck_0_2(f2)], dim=1),
@@ -222,8 +223,6 @@ class MLFD(nn.Module):
 class TokenAttention(nn.Module):
     """SAM-style multi-head attention with q/k/v projected down to ``dim // downsample_rate`` (official
     ``Attention``): ``out_proj(softmax(q kᵀ / sqrt(d)) v)``; queries and keys may be different sequences."""
-
-    fused_attn: Final[bool]
 
     def __init__(self, dim: int, num_heads: int, downsample_rate: int = 2, device=None, dtype=None):
         super().__init__()
@@ -282,20 +281,26 @@ class ChannelAttention(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
 
-    @staticmethod
-    def _attend(x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(2)
-        energy = flat @ flat.transpose(1, 2)
-        energy = energy.amax(dim=-1, keepdim=True) - energy
-        return (energy.softmax(dim=-1) @ flat).view_as(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device_type = x.device.type
-        if not torch.jit.is_scripting() and torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                out = self._attend(x.float())
-            return self.gamma * out.to(x.dtype) + x
-        return self.gamma * self._attend(x) + x
+        if torch.jit.is_scripting():
+            out = _channel_attend(x)
+        else:
+            out = _channel_attend_float32_under_autocast(x)
+        return self.gamma * out + x
+
+
+def _channel_attend_float32_under_autocast(x: torch.Tensor) -> torch.Tensor:
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _channel_attend(x.float()).to(x.dtype)
+    return _channel_attend(x)
+
+
+def _channel_attend(x: torch.Tensor) -> torch.Tensor:
+    flat = x.flatten(2)
+    energy = flat @ flat.transpose(1, 2)
+    energy = energy.amax(dim=-1, keepdim=True) - energy
+    return (energy.softmax(dim=-1) @ flat).view_as(x)
 
 
 class DualMixAttention(nn.Module):
@@ -392,7 +397,10 @@ class DualMixAttentionStage(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = tokens_in
         for layer in self.layers:
-            tokens, feat = _maybe_checkpoint(self.grad_checkpointing, layer, tokens, feat, pe)
+            if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                tokens, feat = checkpoint(layer, tokens, feat, pe, use_reentrant=False)
+            else:
+                tokens, feat = layer(tokens, feat, pe)
         keys = feat.flatten(2).transpose(1, 2)
         attn = self.final_attn_token_to_image(tokens + tokens_in, keys + pe.flatten(2).transpose(1, 2), keys)
         return self.norm_final_attn(tokens + attn), feat
@@ -528,32 +536,46 @@ class DualMixAttentionDecoder(nn.Module):
         for i in range(3):
             getattr(self, f"DMAB_s{i}").grad_checkpointing = enable
 
-    def forward_features(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats``: the three bridged maps, finest first -> (the query tokens after the last level, ``B x Q x
-        dims[0]``; ``mask_embeddings`` ``B x dims[0] x H/2 x W/2``)."""
-        batch = feats[-1].shape[0]
-        tokens = self.mask_tokens.weight.unsqueeze(0).expand(batch, -1, -1)
-        prev: torch.Tensor | None = None
-        for i in (2, 1, 0):
-            feat = feats[i] if prev is None else feats[i] + prev
-            pe = getattr(self, f"PE_s{i}")(feat.shape[-2], feat.shape[-1]).to(dtype=feat.dtype)
-            att_tokens, feat = getattr(self, f"DMAB_s{i}")(tokens, feat, pe)
-            feat = prev = getattr(self, f"SUB_s{i}")(feat)
-            if i > 0:
-                mlps = getattr(self, f"MLP_s{i}")
-                tokens = torch.stack([mlp(att_tokens[:, k]) for k, mlp in enumerate(mlps)], dim=1)
-            else:
-                tokens = att_tokens
-        return tokens, prev
+        dims[0]``; ``mask_embeddings`` ``B x dims[0] x H/2 x W/2``). The levels are written out (s32, s16, s8)
+        because their modules carry the official per-level names."""
+        tokens = self.mask_tokens.weight.unsqueeze(0).expand(feats[2].shape[0], -1, -1)
+        # level 2 (stride 32)
+        feat = feats[2]
+        pe = self.PE_s2(feat.shape[-2], feat.shape[-1]).to(dtype=feat.dtype)
+        att_tokens, feat = self.DMAB_s2(tokens, feat, pe)
+        prev = self.SUB_s2(feat)
+        carried = []
+        for k, mlp in enumerate(self.MLP_s2):
+            carried.append(mlp(att_tokens[:, k]))
+        tokens = torch.stack(carried, dim=1)
+        # level 1 (stride 16)
+        feat = feats[1] + prev
+        pe = self.PE_s1(feat.shape[-2], feat.shape[-1]).to(dtype=feat.dtype)
+        att_tokens, feat = self.DMAB_s1(tokens, feat, pe)
+        prev = self.SUB_s1(feat)
+        carried = []
+        for k, mlp in enumerate(self.MLP_s1):
+            carried.append(mlp(att_tokens[:, k]))
+        tokens = torch.stack(carried, dim=1)
+        # level 0 (stride 8), upsampled x4 to stride 2
+        feat = feats[0] + prev
+        pe = self.PE_s0(feat.shape[-2], feat.shape[-1]).to(dtype=feat.dtype)
+        att_tokens, feat = self.DMAB_s0(tokens, feat, pe)
+        return att_tokens, self.SUB_s0(feat)
 
     def forward_head(self, tokens: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         """The mask classifier: class ``k``'s ``MLP_s0`` turns query token ``k`` into 1x1 weights for
         ``mask_embeddings`` -> ``low_res_masks`` ``B x num_classes x H/2 x W/2``."""
-        weights = torch.stack([mlp(tokens[:, k]) for k, mlp in enumerate(self.MLP_s0)], dim=1)
+        weights = []
+        for k, mlp in enumerate(self.MLP_s0):
+            weights.append(mlp(tokens[:, k]))
+        stacked = torch.stack(weights, dim=1)
         b, c, h, w = feat.shape
-        return (weights @ feat.flatten(2)).view(b, -1, h, w)
+        return (stacked @ feat.flatten(2)).view(b, -1, h, w)
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats``: the three bridged maps, finest first -> (``low_res_masks`` B x K x H/2 x W/2,
         ``mask_embeddings`` B x dims[0] x H/2 x W/2)."""
         tokens, feat = self.forward_features(feats)
@@ -660,7 +682,7 @@ class QTSeg(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the C2f / SPPF blocks and the DMA blocks in the backward pass."""
         self.grad_checkpointing = enable
-        self.image_encoder.grad_checkpointing = enable
+        self.image_encoder.set_grad_checkpointing(enable)
         if self.mask_decoder is not None:
             self.mask_decoder.set_grad_checkpointing(enable)
 
@@ -697,7 +719,7 @@ class QTSeg(nn.Module):
         self.mask_decoder.train(self.training)
 
     # ----------------------------------------------------------------------------------------- forward
-    def forward_encoder(self, x: torch.Tensor, max_level: int | None = None) -> list[torch.Tensor]:
+    def forward_encoder(self, x: torch.Tensor, max_level: int = 2) -> list[torch.Tensor]:
         """The encoder maps (strides 8, 16, 32; before the MLFD bridge), up to level ``max_level``."""
         _check_input_size(x)
         return self.image_encoder(x, max_level)
@@ -731,8 +753,12 @@ class QTSeg(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pooled features (``global_pool``; ``''`` leaves the map). The logits cannot come from here: the mask
         classifier also reads the decoder's query tokens, so ``forward`` computes them."""
-        if self.global_pool:
-            x = select_adaptive_pool2d(x, pool_type=self.global_pool, output_size=1).flatten(1)
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        elif self.global_pool == "max":
+            x = x.amax((2, 3))
+        elif self.global_pool == "avgmax":
+            x = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
         if pre_logits or self.num_classes == 0:
             return x
         raise RuntimeError(
@@ -1042,10 +1068,7 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-_NOT_SCRIPTABLE = "the mixed CNN/transformer decoder uses Python-level shape logic TorchScript cannot type"  # TODO(issue 13): confirm
-
-
-@register_zoo_model(task="segmentation", not_scriptable=_NOT_SCRIPTABLE)
+@register_zoo_model(task="segmentation")
 def qtseg(pretrained: bool = False, **kwargs) -> QTSeg:
     """QTSeg (v2: FPN encoder + MLFD + Dual-Mix Attention decoder): 9,214,850 params for 2 classes,
     2.60 GFLOPs at 512 (fvcore, as the paper reports it); ISIC 2016 Dice 92.45 / IoU 86.92 (official)."""

@@ -1,5 +1,8 @@
 """YOLOv8-style convolution blocks (Conv-BN-SiLU, CSP ``C2f``, ``SPPF``), as used by QTSeg's FPN encoder.
 
+``C2f`` and ``SPPF`` recompute themselves in the backward pass when their ``grad_checkpointing`` is set (eager
+only; TorchScript compiles the plain path).
+
 Written for :mod:`visionzoo.models.qtseg`; the submodule names (``conv`` / ``bn``, ``conv_transpose``, ``cv1`` /
 ``cv2`` / ``m``) are the ones YOLOv8-derived checkpoints use, so such weights load without renaming.
 Every BatchNorm uses PyTorch's defaults (eps 1e-5, momentum 0.1), as the QTSeg code does (Ultralytics itself
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ConvBnAct", "ConvTransposeBnAct", "Bottleneck", "C2f", "SPPF"]
 
@@ -84,8 +88,14 @@ class C2f(nn.Module):
         self.cv1 = ConvBnAct(in_chs, 2 * self.hidden, 1, **dd)
         self.cv2 = ConvBnAct((2 + n) * self.hidden, out_chs, 1, **dd)
         self.m = nn.ModuleList(Bottleneck(self.hidden, self.hidden, shortcut, **dd) for _ in range(n))
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         first, second = self.cv1(x).chunk(2, dim=1)  # unpacked, not list(): FX can trace a fixed-size unpack
         parts = [first, second]
         for block in self.m:
@@ -104,8 +114,14 @@ class SPPF(nn.Module):
         self.cv1 = ConvBnAct(in_chs, hidden, 1, **dd)
         self.cv2 = ConvBnAct(hidden * 4, out_chs, 1, **dd)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.cv1(x)
         y1 = self.m(x)
         y2 = self.m(y1)
