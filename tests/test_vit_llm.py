@@ -116,7 +116,7 @@ def test_reads_only_the_chosen_layer(tiny_llama, monkeypatch, layer):
     assert sorted(set(spy.files)) == sorted({weight_map[k] for k in wanted})  # only its shards
     assert len(set(spy.files)) < len(set(weight_map.values()))
     ref = _hf_layer(tiny_llama, index).state_dict()
-    got = model.llm.layer.state_dict()
+    got = model.llm.frozen_state_dict()
     assert got.keys() == ref.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0)
@@ -126,7 +126,7 @@ def test_llm_dtype_and_single_file(tiny_llama, tmp_path):
     state = read_layer_state_dict(tiny_llama, 1, torch.bfloat16)
     assert all(v.dtype == torch.bfloat16 for v in state.values())
     model = _model(tiny_llama, llm_dtype="bfloat16").eval()
-    assert all(p.dtype == torch.bfloat16 for p in model.llm.parameters())
+    assert all(b.dtype == torch.bfloat16 for b in model.llm.buffers())
     assert model.llm_proj_in.weight.dtype == torch.float32
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
@@ -151,8 +151,9 @@ def test_random_layer_warns():
 # --------------------------------------------------------------------------------------------- frozen
 def test_llm_layer_is_frozen_and_not_optimized(tiny_llama):
     model = _model(tiny_llama).train()
-    llm_params = list(model.llm.parameters())
-    assert llm_params and all(not p.requires_grad for p in llm_params)
+    assert not list(model.llm.parameters())  # the frozen weights are buffers, not parameters
+    llm_params = list(model.llm.buffers())
+    assert len(llm_params) == 9 and all(not p.requires_grad for p in llm_params)
     assert not model.llm.layer.training and all(not m.training for m in model.llm.layer.modules())
     assert model.blocks.training and model.llm.training  # the wrapper follows; the layer does not
     optimizer = build_optimizer(model, {"opt": "adamw", "lr": 1e-3, "weight_decay": 0.05})
@@ -165,9 +166,12 @@ def test_llm_layer_is_frozen_and_not_optimized(tiny_llama):
     model(torch.randn(2, 3, 32, 32)).mean().backward()
     assert model.llm_proj_in.weight.grad is not None and model.blocks[0].attn.qkv.weight.grad is not None
     assert all(p.grad is None for p in llm_params)
-    before = {k: v.clone() for k, v in model.llm.state_dict().items()}
+    assert all(p.grad is not None for p in model.parameters())  # every parameter gets a gradient
+    before = {k: v.clone() for k, v in model.llm.frozen_state_dict().items()}
     optimizer.step()
-    assert all(torch.equal(before[k], v) for k, v in model.llm.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in model.llm.frozen_state_dict().items())
+    model.requires_grad_(True)  # cannot unfreeze buffers
+    assert not any(b.requires_grad for b in model.llm.buffers())
 
 
 # --------------------------------------------------------------------------------------------- attention
@@ -213,7 +217,7 @@ def test_rotary_is_off(tiny_llama):
 
 def test_matches_a_hand_written_bidirectional_llama_layer(tiny_llama):
     block = _block(tiny_llama, out_norm=True)
-    p = {k: v for k, v in block.layer.state_dict().items()}
+    p = block.frozen_state_dict()
     eps, heads = 1e-6, 4
 
     def rms(t, w):
@@ -269,7 +273,9 @@ def test_deit_weights_load_through_timm(tiny_llama):
     for k, v in vit.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
     ref = _hf_layer(tiny_llama, 1).state_dict()
-    for k, v in model.llm.layer.state_dict().items():
+    got = model.llm.frozen_state_dict()
+    assert got.keys() == ref.keys()
+    for k, v in got.items():
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0)
 
 
@@ -280,7 +286,8 @@ def test_names_do_not_collide_and_full_size_builds_on_meta():
     assert names <= set(visionzoo.list_models())
     model = timm.create_model("vit_small_llm", device="meta")
     assert model.llm_dim == 4096 and model.embed_dim == 384
-    assert sum(p.numel() for p in model.llm.parameters()) == 202_383_360  # LLaMA-7B layer (paper)
+    assert sum(b.numel() for b in model.llm.buffers()) == 202_383_360  # LLaMA-7B layer (paper)
+    assert not any(k.startswith("llm.") for k in model.state_dict())  # checkpoints hold no frozen weights
     assert model.llm_proj_in.weight.shape == (4096, 384) and model.llm_proj_out.weight.shape == (384, 4096)
 
 
@@ -336,7 +343,7 @@ def test_opt_layer_loads_and_is_bidirectional(tmp_path):
     transformers.OPTForCausalLM(cfg).save_pretrained(tmp_path, max_shard_size="20KB")
     model = _model(tmp_path, llm_layer=-1).eval()
     assert type(model.llm.layer).__name__ == "OPTDecoderLayer"
-    assert all(not p.requires_grad for p in model.llm.parameters())
+    assert not list(model.llm.parameters()) and list(model.llm.buffers())
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
     x = torch.randn(1, 10, 64)
@@ -359,3 +366,84 @@ def test_frozen_layer_has_no_dropout_in_train_mode():
     model.llm.layer.train()  # control: with the layer in train mode the dropout would fire
     with torch.no_grad():
         assert not torch.equal(model.llm(x), model.llm(x))
+
+
+# --------------------------------------------------------------------------------------------- frozen buffers
+def _old_frozen_forward(layer: nn.Module, x: torch.Tensor, head_dim: int, eps: float = 1e-6) -> torch.Tensor:
+    """The earlier FrozenLLMBlock.forward, on a transformers layer that still holds ``nn.Parameter`` weights."""
+    for module in layer.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
+    cos = torch.ones(1, x.shape[1], head_dim)
+    out = layer(x, attention_mask=None, position_embeddings=(cos, torch.zeros_like(cos)))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def test_buffer_layer_equals_the_parameter_layer_exactly(tiny_llama):
+    model = _model(tiny_llama).eval()
+    hf = _hf_layer(tiny_llama, 1).eval()
+    assert list(hf.parameters())  # the reference keeps transformers' parameters
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.llm(x), _old_frozen_forward(hf, x, 16), rtol=0, atol=0)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_old_files_load(tiny_llama, tmp_path):
+    model = _model(tiny_llama).eval()
+    state = model.state_dict()
+    assert set(state) == {n for n, _ in model.named_parameters()}  # no frozen LLM weights saved
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    # the earlier format held the layer as parameters: 'llm.layer.*' entries
+    old = {**state, **{f"llm.layer.{k}": v.clone() for k, v in model.llm.frozen_state_dict().items()}}
+    fresh = _model(tiny_llama, pretrained=False).eval()
+    fresh.load_state_dict(old, strict=True)  # plain torch load: the entries go into the buffers
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), ref, rtol=0, atol=0)
+    torch.save(old, tmp_path / "old.pth")  # through timm / the zoo's filter: dropped, the layer is llm_path's
+    loaded = _model(tiny_llama, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "old.pth")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), ref, rtol=0, atol=0)
+
+
+def test_missing_or_unreadable_llm_path_is_one_sentence(tiny_llama, tmp_path):
+    from visionzoo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist or is not a folder") as e:
+        _model(tmp_path / "nope")
+    assert "\n" not in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no readable config.json") as e:
+        _model(tmp_path / "empty")
+    assert "\n" not in str(e.value)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_llama.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes()[:64] if f.suffix == ".safetensors" else f.read_bytes())
+    with pytest.raises(CheckpointError, match="could not be read") as e:
+        _model(broken)
+    assert "\n" not in str(e.value)
+
+
+def test_fx_keeps_the_frozen_block_as_one_leaf(tiny_llama):
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = _model(tiny_llama).eval()
+    tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    fx = create_feature_extractor(model, return_nodes=["head"], tracer_kwargs=tracer)
+    called = [n.target for n in fx.graph.nodes if n.op == "call_module"]
+    assert "llm" in called and not any(t.startswith("llm.") for t in called)  # nothing traced inside it
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fx(x)["head"], model(x), rtol=0, atol=0)
+
+
+def test_input_size_is_fixed_in_the_cfg_and_dynamic_img_size_works():
+    model = _model(dynamic_img_size=True).eval()
+    assert model.pretrained_cfg["fixed_input_size"] is True
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 48, 40)).shape == (1, 1000)

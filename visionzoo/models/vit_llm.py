@@ -23,14 +23,19 @@ The LLM layer (see :mod:`visionzoo.models.layers.llm_block`):
   ``llm_dtype`` (default float32; ``'bfloat16'`` halves the memory of a 7B layer: 202M params = 405 MB).
 * Without ``llm_path`` the layer gets random weights from ``llm_config`` (updates LLaMA-7B's shape) and a
   warning says so: for tests and FLOP counting only.
-* The layer is frozen: ``requires_grad=False`` (timm's optimizer factory skips such parameters, so
-  :func:`visionzoo.tasks.optim.build_optimizer` never sees it) and always in eval mode.
+* The layer is frozen: its weights are non-persistent buffers (as timm keeps fixed tensors), so they are not
+  parameters (no optimizer, no "missing gradient", nothing can make them trainable) and not in ``state_dict``: a
+  checkpoint holds only the ViT and the two projections (``llm_path`` supplies the layer again). Files of the
+  earlier format (with ``llm.layer.*`` entries) still load. The layer is always in eval mode.
 * Causal mask off: every attention module's ``is_causal`` is set to False and no mask is passed.
 * Rotary off: the layer's ``position_embeddings`` argument gets ``cos = 1, sin = 0`` (the identity rotation),
   which is the paper's "RoPE removed" without touching the layer's code.
 
 ``llm_dtype='bfloat16'`` runs the layer in bf16 (inputs are cast, outputs cast back to the ViT's dtype).
-TorchScript is not supported (transformers layers); ``torch.compile`` is.
+Input size: fixed at the cfg's (``fixed_input_size``, as timm's ViT/DeiT cfgs: the learned position embedding is
+built for it); ``dynamic_img_size=True`` or ``img_size=`` serve other sizes, as in timm's ViT.
+FX: :class:`FrozenLLMBlock` is a timm notrace (leaf) module. TorchScript is not supported (see ``_NOT_SCRIPTABLE``);
+``torch.compile`` is.
 """
 
 from __future__ import annotations
@@ -202,18 +207,16 @@ class VisionTransformerLLM(VisionTransformer):
 
 # --------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: VisionTransformerLLM) -> dict:
-    """timm's ViT filter (DeiT/ViT/official files), then fill the projections / LLM layer from the model when the
-    file lacks them (plain ``deit_*`` / ``vit_*`` weights): the LLM layer always comes from ``llm_path``."""
+    """timm's ViT filter (DeiT/ViT/official files), then fill the projections from the model when the file lacks
+    them (plain ``deit_*`` / ``vit_*`` weights). The frozen LLM layer always comes from ``llm_path``: ``llm.*``
+    entries of older zoo files (which stored the layer) are dropped."""
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
         state_dict = state_dict["model"]
     llm_entries = {k: v for k, v in state_dict.items() if k.startswith(_LLM_PREFIXES)}
     vit_part = {k: v for k, v in state_dict.items() if not k.startswith(_LLM_PREFIXES)}
     out = dict(_vit_filter(vit_part, model))
-    target = model.state_dict()
-    for key, value in target.items():
-        if key.startswith("llm."):
-            out[key] = value  # the frozen layer always comes from llm_path (or the random init)
-        elif key.startswith(_LLM_PREFIXES):
+    for key, value in model.state_dict().items():
+        if key.startswith(_LLM_PREFIXES):
             out[key] = llm_entries.get(key, value)
     return out
 
@@ -269,6 +272,7 @@ def _cfg(**kwargs) -> dict:
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
+        "fixed_input_size": True,  # as timm's ViT cfgs: the learned position embedding is built for input_size
         "license": "other",
         "paper_ids": "arXiv:2310.12973",
         "paper_name": "Frozen Transformers in Language Models Are Effective Visual Encoder Layers",
@@ -290,7 +294,10 @@ default_cfgs = generate_default_cfgs(
 )
 
 
-_NOT_SCRIPTABLE = "the frozen LLM layer is a Hugging Face transformers module, which is not scriptable"  # TODO(issue 13): confirm
+_NOT_SCRIPTABLE = (
+    "the frozen LLM layer is a transformers decoder layer, whose forward takes **kwargs "
+    "(Unpack[TransformersKwargs]) and a KV-cache argument, which torch.jit.script cannot compile"
+)
 
 
 @register_zoo_model(not_scriptable=_NOT_SCRIPTABLE)

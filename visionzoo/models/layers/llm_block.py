@@ -9,7 +9,8 @@ arXiv:2310.12973) put one frozen LLaMA layer after a ViT. This module builds tha
   reads only those keys, cast to the dtype asked for. The layer's module is built on the meta device from the
   checkpoint's ``config.json`` (no memory for the other layers) and the tensors are assigned into it.
 * :func:`random_llm_layer` builds the layer from a config with random weights (tests, FLOP counting).
-* :class:`FrozenLLMBlock` wraps the layer: parameters ``requires_grad=False``, the layer stays in eval mode
+* :class:`FrozenLLMBlock` wraps the layer: its weights become non-persistent **buffers** (frozen tensors, as timm
+  keeps fixed tensors: never trainable, not in ``state_dict`` -- they come from ``llm_path``), the layer stays in eval mode
   (no dropout) even when the model trains, **no causal mask** (the attention modules' ``is_causal`` is set to
   False and no mask is passed: full bidirectional attention), **no rotary embedding** (LLaMA-style layers
   get ``position_embeddings=(cos=1, sin=0)``, which makes the rotation the identity), and an optional
@@ -31,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from timm.layers import register_notrace_module
 from torch import nn
 
 from ...errors import CheckpointError
 
 __all__ = [
     "FrozenLLMBlock",
+    "freeze_to_buffers",
     "LLAMA_7B_CONFIG",
     "layer_keys",
     "llm_layer_prefix",
@@ -179,12 +182,27 @@ def load_llm_layer(
 
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise CheckpointError(f"llm_path {str(path)!r} is not a folder written by save_pretrained.")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        raise CheckpointError(
+            f"llm_path {str(path)!r} does not exist or is not a folder; give the folder a causal LM's "
+            "save_pretrained wrote (config.json + safetensors)."
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"llm_path {str(path)!r} has no readable config.json of a causal LM ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})."
+        ) from e
     index = _norm_index(index, int(config.num_hidden_layers))
     torch_dtype = resolve_dtype(dtype) or torch.float32
     layer = _skeleton_layer(config, index)
-    state = read_layer_state_dict(path, index, torch_dtype)
+    try:
+        state = read_layer_state_dict(path, index, torch_dtype)
+    except (OSError, SafetensorError, RuntimeError, json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(
+            f"the weights in llm_path {str(path)!r} could not be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})."
+        ) from e
     expected = set(layer.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -241,6 +259,23 @@ def random_llm_layer(
     return layer, cfg
 
 
+def freeze_to_buffers(module: nn.Module) -> nn.Module:
+    """Turn every parameter of ``module`` (and its submodules) into a non-persistent buffer holding the same tensor.
+
+    The module computes exactly as before (``self.weight`` is the same tensor), moves with ``.to()``, and its weights
+    are neither trainable nor in ``state_dict``. Existing buffers become non-persistent too.
+    """
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is None:
+                continue
+            del m._parameters[name]
+            m.register_buffer(name, p.detach(), persistent=False)
+        m._non_persistent_buffers_set.update(m._buffers)
+    return module
+
+
+@register_notrace_module  # FX: one leaf (the transformers layer returns tuples and unpacks shapes)
 class FrozenLLMBlock(nn.Module):
     """A frozen LLM decoder layer applied to visual tokens: bidirectional, no rotary, optional output RMS norm.
 
@@ -253,6 +288,11 @@ class FrozenLLMBlock(nn.Module):
         norm_eps: epsilon of that normalisation.
 
     The input is cast to the layer's dtype and the output back to the input's dtype.
+
+    Frozen weights are non-persistent buffers (:func:`freeze_to_buffers`), not parameters that silently get no
+    gradient: timm's and the optimizer's view of "parameters" is the trainable set, checkpoints stay small (the
+    layer comes from ``llm_path``), and nothing (``requires_grad_(True)``, ``reset_classifier``) can unfreeze them.
+    A ``state_dict`` of the earlier format, with ``layer.*`` entries, still loads: they are copied into the buffers.
     """
 
     def __init__(self, layer: nn.Module, head_dim: int | None, out_norm: bool = True, norm_eps: float = 1e-6):
@@ -266,8 +306,9 @@ class FrozenLLMBlock(nn.Module):
         for module in layer.modules():
             if hasattr(module, "is_causal"):
                 module.is_causal = False  # SDPA would otherwise apply a causal mask when no mask is given
-        self.layer.requires_grad_(False)
+        freeze_to_buffers(self.layer)
         self.layer.eval()
+        self.register_load_state_dict_pre_hook(_load_frozen_entries)
 
     def train(self, mode: bool = True) -> FrozenLLMBlock:
         """The wrapper follows ``mode`` but the frozen layer always stays in eval mode (no dropout)."""
@@ -277,7 +318,11 @@ class FrozenLLMBlock(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.layer.parameters()).dtype
+        return next(self.layer.buffers()).dtype
+
+    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen layer's weights under the transformers layer's own ``state_dict`` keys."""
+        return dict(self.layer.named_buffers())
 
     def identity_rotary(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin) = (1, 0)`` of shape ``(1, N, head_dim)``: the rotary embedding that rotates nothing."""
@@ -301,3 +346,22 @@ class FrozenLLMBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return f"frozen, bidirectional, rotary={'identity' if self._rotary else 'none'}, out_norm={self.out_norm}"
+
+
+def _load_frozen_entries(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+) -> None:
+    """Pre-hook of :class:`FrozenLLMBlock`: ``{prefix}layer.*`` entries (checkpoints written while the frozen weights
+    were parameters) are copied into the buffers and removed, so such files load as before."""
+    buffers = module.frozen_state_dict()
+    head = prefix + "layer."
+    for key in [k for k in state_dict if k.startswith(head)]:
+        name = key[len(head) :]
+        if name not in buffers:
+            continue  # left in place: reported as unexpected
+        value = state_dict.pop(key)
+        if value.shape != buffers[name].shape:
+            errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(buffers[name].shape)}")
+            continue
+        with torch.no_grad():
+            buffers[name].copy_(value)
