@@ -35,6 +35,11 @@ Differences from the official code that do not change the math:
 * ``forward`` returns the logits only; ``forward_all`` returns what the official ``forward`` returns and more
   (``masks``, ``low_res_masks``, ``mask_embeddings``, the three encoder maps).
 
+timm API (see :class:`QTSeg`): ``num_classes=0`` / ``reset_classifier(0)`` drop only the mask classifier
+(``mask_decoder.MLP_s0``) and return the pooled ``mask_embeddings`` (the map with ``global_pool=''``); the model is
+FX-traceable with timm's tracer (``features_only=True, feature_cls='fx'``, torchvision's
+``create_feature_extractor``) and scriptable; ``prune_intermediate_layers`` removes the bridge and decoder.
+
 Loading official checkpoints: ``timm.create_model('qtseg', pretrained=True,
 pretrained_cfg_overlay=dict(file='weight_best_dice.pt'))`` -- a bare state_dict (``weight_best_*.pt``) or the
 ``weight_last.pt`` dict holding it under ``'state_dict_model'`` with optimizer state. The encoder-only
@@ -646,6 +651,9 @@ class QTSeg(nn.Module):
             num_queries=self.num_classes or OFFICIAL_NUM_QUERIES,
             **dd,
         )
+        # The PAN-FPN outputs the decoder reads (strides 8/16/32). The backbone's stride-2/4 maps (conv_0, c2f_2)
+        # are not listed: they are not encoder outputs, and prepending them would renumber every feature index
+        # (out_indices, forward_intermediates). So smp's `tu-` probe (reductions 4..32 or 2..32) rejects qtseg.
         self.feature_info = [
             dict(num_chs=c, reduction=r, module=f"image_encoder.{m}")
             for c, r, m in zip(self.embed_dims, (8, 16, 32), ("c2f_15", "c2f_18", "c2f_21"))
@@ -715,6 +723,7 @@ class QTSeg(nn.Module):
             self.num_classes = 0
             return
         self.num_classes = int(num_classes)
+        # the new classifier lives with the decoder it plugs into: its device / dtype, the model's mode
         self.mask_decoder.reset_classes(self.num_classes, **get_device_dtype(self.mask_decoder))
         self.mask_decoder.train(self.training)
 
@@ -1012,6 +1021,8 @@ def _cfg(url: str = "", **kwargs) -> SegmentationPretrainedCfg:
         "num_classes": 2,
         "input_size": (3, 512, 512),
         "pool_size": (256, 256),  # mask_embeddings at H/2 x W/2
+        # no min_input_size: any multiple of 32 works, and timm's tests would otherwise all run at the minimum
+        # (32 px: 1x1 maps at stride 32) instead of their 96 / 128 / 384 px targets
         "crop_pct": 1.0,
         "crop_mode": "center",
         "interpolation": "bilinear",
