@@ -1,33 +1,72 @@
-"""Lightning callbacks that give every run the same outputs: curves, seeding, summaries, segmentation pictures."""
+"""Lightning callbacks that give every run the same outputs: seeding, resumable checkpoints, curves, pictures."""
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .datamodules.samplers import draw_seed
 
 
-class EpochSeed(L.Callback):
-    """Re-seed every RNG at the start of each training epoch from ``(seed, epoch)``.
+class BatchSeed(L.Callback):
+    """Re-seed torch, numpy and ``random`` before every training batch from ``(seed, epoch, batch, rank)``.
 
-    Lightning does not restore the global RNG state on resume, so augmentation and drop-path
-    draws would diverge after a restart. Seeding per epoch makes a run stopped at an epoch
-    boundary and resumed end with exactly the weights of an uninterrupted run.
+    Lightning does not restore the global RNG on resume, so dropout, drop-path and Mixup draws would diverge after
+    a restart. Seeding each batch from its position makes a run resumed at any batch draw what an uninterrupted run
+    draws there (the data's own randomness is seeded per sample, see :mod:`visionzoo.datamodules.samplers`).
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch_seed = (self.seed * 1_000_003 + trainer.current_epoch * 7_919 + trainer.global_rank) % (2**31)
-        random.seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        torch.manual_seed(epoch_seed)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        seed = draw_seed("batch", self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` (the ``last.ckpt`` one) that also saves where a run stops early, as a mid-epoch checkpoint.
+
+    * **``max_steps`` or ``trainer.should_stop`` mid-epoch**: saved at that batch's end. Lightning would save in
+      ``on_train_epoch_end`` only, after counting the partial epoch as done, so resuming with more epochs skipped the
+      rest of the epoch (or stopped at once with "max_epochs reached"); saved here, the resumed run continues with
+      the next batch.
+    * **SIGTERM** (a pre-empted or killed job; single process only): saved after the batch Lightning stops at.
+      Under DDP the ranks may stop at different batches, so only the periodic checkpoints can be trusted there.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stops = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+        if stops and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._save_now(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, SIGTERMException) and trainer.training and trainer.world_size == 1:
+            self._save_now(trainer)
+
+    def _save_now(self, trainer: L.Trainer) -> None:
+        if self._last_global_step_saved == trainer.global_step or trainer.sanity_checking:
+            return
+        self._save_checkpoint(trainer, self.format_checkpoint_name(self._monitor_candidates(trainer)))
 
 
 class TrainingCurves(L.Callback):

@@ -30,19 +30,21 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ..errors import ConfigError, DatasetError
 from ._base import _positive_int, to_plain
 from .folder import is_image_file, load_rgb
+from .loaders import TrainPositionMixin, eval_loader, train_loader
+from .samplers import EpochSampler
 
 __all__ = [
     "MARKET1501_DIRNAME",
@@ -71,18 +73,22 @@ def parse_market_name(name: str) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2)) - 1
 
 
-class PKSampler(Sampler[int]):
+class PKSampler(EpochSampler):
     """Identity sampler: every consecutive ``batch_size`` indices are K images of each of P ids.
 
     Per epoch (order drawn from ``seed`` and ``epoch`` only, like ``EpochShuffleSampler``): each id's images are
     shuffled and cut into groups of K (an id with fewer than K images, or a last group short of K, is topped up
     by drawing its own images again); then batches take P random ids that still have groups, one group each,
-    until fewer than P ids are left. Lightning calls ``set_epoch`` before each training epoch.
+    until fewer than P ids are left. Lightning calls ``set_epoch`` before each training epoch. Every epoch has the
+    length of epoch 0 (cut, or as drawn when shorter), so the schedule and the epoch length do not depend on the
+    epoch a run was resumed at. Under DDP each process takes whole PK batches (:class:`EpochSampler`).
     """
 
     def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0) -> None:
         if batch_size % num_instances:
             raise ConfigError(f"batch_size {batch_size} must be a multiple of num_instances {num_instances}.")
+        super().__init__(len(pids), seed)
+        self.chunk = batch_size
         self.num_instances = num_instances
         self.num_pids_per_batch = batch_size // num_instances
         self.index_by_pid: dict[int, list[int]] = defaultdict(list)
@@ -94,17 +100,13 @@ class PKSampler(Sampler[int]):
                 f"the training split has {len(self.pid_list)} identities but a batch needs "
                 f"{self.num_pids_per_batch} (batch_size {batch_size} / num_instances {num_instances})."
             )
-        self.seed = seed
-        self.epoch = 0
-        self._cache: tuple[int, list[int]] | None = None
+        self._cache: dict[int, list[int]] = {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _epoch_order(self) -> list[int]:
-        if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._order(self.epoch))
-        return self._cache[1]
+    def epoch_order(self, epoch: int) -> list[int]:
+        if epoch not in self._cache:
+            length = len(self._order(0)) if epoch else None
+            self._cache = {epoch: self._order(epoch)[:length]}
+        return self._cache[epoch]
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -126,12 +128,6 @@ class PKSampler(Sampler[int]):
                 order.extend(groups[pid].pop())
             available = [p for p in available if groups[p]]
         return order
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._epoch_order())
-
-    def __len__(self) -> int:
-        return len(self._epoch_order())
 
 
 class ReIDDataset(Dataset):
@@ -159,7 +155,7 @@ class ReIDDataset(Dataset):
         return item
 
 
-class ReIDDataModule(L.LightningDataModule):
+class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
     """Re-ID training (ID classes = train identities) and query/gallery evaluation, whatever the file layout.
 
     A subclass implements :meth:`_load_records` (scan the files, raise :class:`DatasetError` with one sentence
@@ -318,24 +314,19 @@ class ReIDDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train_dataset")
         sampler = PKSampler(ds.pids, self.batch_size, self.num_instances, seed=self.shuffle_seed)
-        return DataLoader(
+        return train_loader(
+            self,
             ds,
+            sampler,
             batch_size=self.batch_size,
-            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
         )
 
     def _eval_loader(self, ds: ReIDDataset) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+        return eval_loader(
+            ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
 
     def val_dataloader(self) -> DataLoader:
