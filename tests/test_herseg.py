@@ -430,6 +430,8 @@ def test_num_classes_0_is_features():
         torch.testing.assert_close(model(x), feats, rtol=0, atol=0)
     with pytest.raises(ValueError, match="global_pool"):
         model.reset_classifier(0, "token")
+    with pytest.raises(ValueError, match="num_classes=0"):
+        model.forward_all(x)
 
 
 def test_reset_classifier_device_dtype_mode_and_cfg_classifier():

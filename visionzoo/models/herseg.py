@@ -756,6 +756,8 @@ class HERSeg(nn.Module):
 
     def forward_decoder(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """Image embedding -> low-resolution logits ``(B, num_classes, H/4, W/4)``."""
+        if self.mask_decoder is None:
+            raise ValueError("this HER-Seg has num_classes=0 (features only): it has no mask decoder to run.")
         src, dense_pe = self.prompt_encoder(image_embeddings)
         return self.mask_decoder(src, dense_pe)
 
@@ -774,9 +776,7 @@ class HERSeg(nn.Module):
         """Every output of one pass: ``masks`` (``forward``), ``low_res_masks`` (decoder logits at H/4),
         ``enc0`` (encoder tokens ``(B, H/16 * W/16, embed_dim)``, before the neck) and ``image_embeddings``."""
         if self.mask_decoder is None:
-            raise ValueError(
-                "forward_all needs the mask decoder; this model has num_classes=0 (features only)."
-            )
+            raise ValueError("this HER-Seg has num_classes=0 (features only): it has no mask decoder to run.")
         self._check_input_size(x)
         tokens, hw, _ = self.image_encoder(x)
         emb = self._embed(tokens, hw)
