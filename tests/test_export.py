@@ -64,14 +64,29 @@ def test_biformer_torch_export(capsys, tmp_path):
     assert program(torch.randn(3, 3, 112, 112)).shape == (3, 10)
 
 
-def test_biformer_torchscript_says_why_not(capsys, tmp_path):
-    assert not scriptable("biformer_tiny")
+def test_torchscript_refused_in_one_sentence_naming_why(capsys, tmp_path):
+    from visionzoo.models import model_info
+
+    assert not scriptable("herseg")
     code, stdout, err = run(
-        capsys, "export", "biformer_tiny", "--format", "torchscript", "--output", str(tmp_path / "x.pt")
+        capsys, "export", "herseg", "--format", "torchscript", "--output", str(tmp_path / "x.pt")
     )
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert "cannot be exported to TorchScript" in err and "onnx" in err
+    assert model_info("herseg").not_scriptable in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_biformer_torchscript_checked(capsys, tmp_path):
+    """BiFormer scripts (see its model file): the exported file runs and equals eager."""
+    out = tmp_path / "b.pt"
+    code, stdout, err = run(
+        capsys, "export", "biformer_tiny", "--format", "torchscript", "--check", "--size", "112",
+        "--kwargs", *SMALL, "--output", str(out), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["check"]["passed"]
+    assert torch.jit.load(str(out))(torch.randn(1, 3, 112, 112)).shape == (1, 10)
 
 
 def test_torchscript_for_a_scriptable_model(capsys, tmp_path):

@@ -9,8 +9,10 @@ values, once per forward for all blocks), so one model serves every input size a
 checkpoints.
 
 The rotation is one complex multiply (forward and backward are a single elementwise op each; a real-arithmetic
-form with slices and a stack is several times slower in training). Inputs that are not float32/float64 (bf16 or
-fp16 under autocast) are rotated in float32 and cast back.
+form with slices and a stack is several times slower in training). ONNX has no complex type, so while
+``torch.onnx.export`` traces, the rotations are a real ``(..., 2)`` cos/sin table and the same rotation is written
+in real arithmetic. Inputs that are not float32/float64 (bf16 or fp16 under autocast) are rotated in float32 and
+cast back.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def rope_2d_tables(
 def rope_2d_rotations(
     height: int, width: int, dim: int, base: float = 10000.0, device: torch.device | None = None
 ) -> torch.Tensor:
-    """The unit complex rotations ``cos + i sin``, ``(height * width, dim // 2)`` complex64."""
+    """The unit complex rotations ``cos + i sin``, ``(height * width, dim // 2)`` complex64 (during ONNX export:
+    the real ``(height * width, dim // 2, 2)`` table of ``(cos, sin)``)."""
     cos, sin = rope_2d_tables(height, width, dim, base, device)
+    if torch.onnx.is_in_onnx_export():
+        return torch.stack([cos, sin], dim=-1)
     return torch.complex(cos, sin)
 
 
@@ -53,5 +58,9 @@ def apply_rope_2d(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     ``(..., C // 2)``, e.g. ``(N, C // 2)`` for ``x`` ``(B, N, C)``)."""
     dtype = x.dtype
     xf = x if dtype in (torch.float32, torch.float64) else x.float()
+    if not rotations.is_complex():  # the real (cos, sin) table of an ONNX export
+        a, b = xf.reshape(*x.shape[:-1], x.shape[-1] // 2, 2).unbind(-1)
+        cos, sin = rotations.unbind(-1)
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).to(dtype)
     z = torch.view_as_complex(xf.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)) * rotations
     return torch.view_as_real(z).flatten(-2).to(dtype)
