@@ -971,16 +971,6 @@ def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------- registration
-# Settings for tests/conformance.py: the released architecture at 128 px (an 8x8 token grid); a segmenter.
-# TorchScript is not supported (grid-dependent tables, gradient checkpointing); torch.compile is.
-CONFORMANCE = {
-    "herseg": {
-        "task": "segmentation",
-        "kwargs": {"img_size": 128},
-        "input_size": (3, 128, 128),
-        "torchscript": False,
-    },
-}
 
 
 def _create_herseg(variant: str, pretrained: bool = False, **kwargs) -> HERSeg:

@@ -981,17 +981,6 @@ def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------- registration
-# Settings for tests/conformance.py: width 8 (32/64/128 channels), token-MLP width 64, 64 px inputs (stride-32
-# map 2x2). A segmenter. TorchScript is not supported (getattr over per-level module names, autocast checks,
-# checkpointing); torch.compile is.
-CONFORMANCE = {
-    "qtseg": {
-        "kwargs": {"width": 8, "mlp_dim": 64},
-        "input_size": (3, 64, 64),
-        "task": "segmentation",
-        "torchscript": False,
-    },
-}
 
 
 def _create_qtseg(variant: str, pretrained: bool = False, **kwargs) -> QTSeg:

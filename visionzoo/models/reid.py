@@ -41,13 +41,6 @@ __all__ = ["DEFAULT_ATTN_POSITIONS", "ReIDResNet", "checkpoint_filter_fn", "pars
 #: Our default (not the paper's, which could not be read): after the last bottleneck of layer2 and of layer3.
 DEFAULT_ATTN_POSITIONS: tuple[tuple[int, int], ...] = ((1, -1), (2, -1))
 
-CONFORMANCE = {
-    "reid_resnet50_*": {
-        "kwargs": {"layers": (1, 1, 1, 1), "attn_positions": [(0, 0), (2, 0), (3, 0)]},
-        "input_size": (3, 64, 32),
-    },
-}
-
 
 def parse_attn_positions(
     positions: Sequence[Sequence[int] | str], layers: Sequence[int]
