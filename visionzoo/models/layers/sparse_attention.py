@@ -19,7 +19,6 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
@@ -98,7 +97,8 @@ class ConnectivityPredictor(nn.Module):
         if sparse:
             top_v, top_i = coef.topk(self.coef_topk, dim=-1)
             coef = torch.zeros_like(coef).scatter(-1, top_i, top_v)
-            w_up = F.threshold(w_up.abs(), self.basis_threshold, 0.0)
+            w_up = w_up.abs()
+            w_up = w_up.masked_fill(w_up <= self.basis_threshold, 0.0)  # = F.threshold (ONNX has no such op)
         return coef @ w_up.t()
 
 
@@ -169,9 +169,12 @@ def sparse_attention(
     """The ``sparse`` path: CSR kernels when no gradient is needed and the dtype allows, else the gather form.
 
     The choice depends on run-time state (grad mode, dtype, device), so FX keeps this function as one call (a
-    timm notrace function); TorchScript, which lacks the CSR constructors' beta API, always takes the gather form.
+    timm notrace function). TorchScript, tracing (ONNX) and ``torch.compile`` / ``torch.export``, which lack the
+    sparse CSR tensors, always take the gather form.
     """
     if not torch.jit.is_scripting():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return sparse_gather_attention(q, k, v, idx, scale)
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         csr_dtype = q.dtype == torch.float32 or q.dtype == torch.float64
         if not needs_grad and csr_dtype and q.device.type == "cpu":
