@@ -255,6 +255,17 @@ def test_only_the_predictors_get_no_gradient_from_the_logits(impl):
     predictors = {n for n, _ in model.named_parameters() if ".mask_predictor." in n}
     assert len(predictors) == 6 * len(model.blocks)
     assert missing == predictors
+    if (
+        impl is None
+    ):  # the same through timm's FX tracer (its graph has no torch.no_grad around the predictor)
+        from timm.models import get_notrace_functions, get_notrace_modules
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        tracer = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+        fx = create_feature_extractor(model, return_nodes=["head"], tracer_kwargs=tracer).train()
+        fx.zero_grad(set_to_none=True)
+        fx(torch.randn(2, 3, 32, 32))["head"].mean().backward()
+        assert {n for n, p in fx.named_parameters() if p.grad is None} == predictors
 
 
 def test_attention_has_timm_signature_and_refuses_masks():
