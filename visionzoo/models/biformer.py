@@ -162,7 +162,8 @@ class BiFormer(nn.Module):
             bit-identical to ``False``); ``False`` raises InputSizeError for such sizes (the official classifier).
         mhsa_heads: heads of the global-attention stages (official: 8, hard-coded there).
         out_norm: add ``extra_norms.i`` = LayerNorm2d per stage, applied to ``forward_intermediates`` outputs
-            (the official detection/segmentation wrapper's extra norms).
+            (the official detection/segmentation wrapper's extra norms; ``features_only`` uses them with the default
+            ``feature_cls='getter'``, while ``feature_cls='fx'`` taps the raw ``stages.i`` outputs).
         drop_rate: dropout before the head.
         drop_path_rate: stochastic depth, linear from 0 over all blocks.
     """
