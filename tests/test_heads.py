@@ -165,3 +165,16 @@ def test_build_from_spec_rebuilds_the_same_architecture() -> None:
 def test_non_feature_backbone_fails_in_one_sentence() -> None:
     with pytest.raises((ConfigError, RuntimeError)):
         DenseSegmenter("not_a_model_name", "upernet", 3)
+
+
+@pytest.mark.parametrize("height,width", [(7, 10), (13, 3), (5, 2), (16, 16), (1, 9)])
+def test_export_form_of_adaptive_pooling_equals_the_kernel(height, width):
+    """The averaging-matrix form UPerNet's PPM uses while ONNX export traces (dynamic sizes) has torch's bins."""
+    import torch.nn.functional as F
+
+    from visionzoo.heads._common import _bin_matrix
+
+    x = torch.randn(2, 3, height, width)
+    for s in (1, 2, 3, 6):
+        pooled = _bin_matrix(height, s, x) @ x @ _bin_matrix(width, s, x).transpose(0, 1)
+        torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(x, s), rtol=1e-6, atol=1e-6)

@@ -66,3 +66,36 @@ class SegClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_seg(self.dropout(x))
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(output_size)`` that also exports to ONNX when the input's height and width are only
+    known at run time (ONNX's exporter needs static sizes for adaptive pooling; a padded or traced backbone
+    gives dynamic ones). While ``torch.onnx.export`` traces, the pooling is written as two averaging matrices built
+    from the input size, with PyTorch's bins (``floor(i * n / s)`` to ``ceil((i + 1) * n / s)``); eager runs the
+    usual kernel."""
+
+    def __init__(self, output_size: int) -> None:
+        super().__init__()
+        self.output_size = int(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return F.adaptive_avg_pool2d(x, self.output_size)
+        rows = _bin_matrix(x.shape[-2], self.output_size, x)
+        cols = _bin_matrix(x.shape[-1], self.output_size, x)
+        return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+def _bin_matrix(n: torch.Tensor | int, s: int, like: torch.Tensor) -> torch.Tensor:
+    """``(s, n)`` matrix whose row ``i`` averages input positions ``[floor(i n / s), ceil((i + 1) n / s))``."""
+    i = torch.arange(s, device=like.device)
+    start = torch.div(i * n, s, rounding_mode="floor")
+    end = torch.div((i + 1) * n + s - 1, s, rounding_mode="floor")
+    j = torch.arange(n, device=like.device)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    weights = inside.to(like.dtype)
+    return weights / weights.sum(dim=1, keepdim=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._common import ConvNormReLU, SegClassifier, resize
+from ._common import AdaptiveAvgPool, ConvNormReLU, SegClassifier, resize
 
 
 class PyramidPooling(nn.Module):
@@ -27,7 +27,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.align_corners = align_corners
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(int(s)), ConvNormReLU(in_chs, channels, 1, norm))
+            nn.Sequential(AdaptiveAvgPool(int(s)), ConvNormReLU(in_chs, channels, 1, norm))
             for s in pool_scales
         )
 

@@ -541,15 +541,6 @@ def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------- registration
-# Settings for tests/conformance.py (timm's model checks): small widths, and a side divisible by 16 * n_win.
-# TorchScript is not supported (torch.utils.checkpoint, data-dependent size checks); torch.compile is.
-CONFORMANCE = {
-    "biformer_*": {
-        "kwargs": {"depths": (1, 1, 1, 1), "embed_dims": (32, 64, 128, 256)},
-        "input_size": (3, 112, 112),
-        "torchscript": False,
-    },
-}
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
