@@ -447,3 +447,18 @@ def test_input_size_is_fixed_in_the_cfg_and_dynamic_img_size_works():
     assert model.pretrained_cfg["fixed_input_size"] is True
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 40)).shape == (1, 1000)
+
+
+def test_ddp_skips_broadcasting_the_frozen_layer():
+    """DDP would copy the ~200 M frozen values from rank 0 at every forward; they are excluded, nothing else is."""
+    from zoo_models import create_small
+
+    from visionzoo.tasks import ClassificationTask
+    from visionzoo.tasks.ddp import ignore_static_buffers
+
+    task = ClassificationTask(create_small("vit_tiny_llm"), num_classes=5)
+    ignored = ignore_static_buffers(task)
+    frozen = {f"model.llm.{n}" for n, _ in task.model.llm.named_buffers()}
+    assert ignored and set(ignored) == frozen
+    assert set(task._ddp_params_and_buffers_to_ignore) == frozen
+    assert not frozen & {n for n, _ in task.named_parameters()}

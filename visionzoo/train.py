@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from .errors import ConfigError, VisionZooError
 from .tasks import ClassificationTask, SegmentationTask
+from .tasks.ddp import ignore_static_buffers
 
 log = logging.getLogger("visionzoo")
 
@@ -323,6 +324,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         task = build_classification_task(cfg, model, num_classes)
     else:
         task = _TASK_BUILDERS[data_task](cfg, model, num_classes, datamodule)
+    ignore_static_buffers(task)
     _set_optimized_metric(cfg, data_task, datamodule)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))

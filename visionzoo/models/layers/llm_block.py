@@ -295,6 +295,9 @@ class FrozenLLMBlock(nn.Module):
     A ``state_dict`` of the earlier format, with ``layer.*`` entries, still loads: they are copied into the buffers.
     """
 
+    #: its buffers never change, so data-parallel training need not broadcast them (``visionzoo.tasks.ddp``)
+    static_buffers = True
+
     def __init__(self, layer: nn.Module, head_dim: int | None, out_norm: bool = True, norm_eps: float = 1e-6):
         super().__init__()
         self.layer = layer
