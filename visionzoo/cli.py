@@ -171,6 +171,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import timm
 
     import visionzoo
+    from visionzoo.models import model_info
 
     rows = []
     for name in visionzoo.list_models(args.pattern or "*", pretrained=args.pretrained):
@@ -179,7 +180,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "name": name,
-                "family": timm.models._registry._model_to_module.get(name, ""),
+                "family": model_info(name).module.rsplit(".", 1)[-1],
                 "pretrained_tags": tags,
                 "input_size": list(cfg.get("input_size") or ()),
                 "num_classes": cfg.get("num_classes"),

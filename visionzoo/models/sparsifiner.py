@@ -183,15 +183,6 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> dict[str, tor
     return out
 
 
-CONFORMANCE = {
-    "sparsifiner_*": {
-        "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 2},
-        "input_size": (3, 32, 32),
-        "torchscript": False,
-    },
-}
-
-
 def _create_sparsifiner(variant: str, pretrained: bool = False, **kwargs) -> Sparsifiner:
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(

@@ -222,27 +222,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: VisionTr
 
 
 # --------------------------------------------------------------------------------------------- registration
-# Tiny settings for tests/conformance.py: depth 3 (features_only wants >= 3 levels), a 64-wide random LLaMA layer.
-CONFORMANCE = {
-    "vit_*_llm": {
-        "kwargs": {
-            "img_size": 32,
-            "patch_size": 8,
-            "embed_dim": 32,
-            "depth": 3,
-            "num_heads": 2,
-            "llm_config": {
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 4,
-                "num_hidden_layers": 2,
-            },
-        },
-        "input_size": (3, 32, 32),
-        "torchscript": False,
-    },
-}
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformerLLM:
