@@ -10,7 +10,8 @@
   schedule needs its length) before Lightning's own loop state is back -- so the first train loader starts
   exactly where the checkpoint stopped, mid-epoch included.
 * **Evaluation** loaders keep file order and, under DDP, give each process a contiguous unpadded shard
-  (:class:`~visionzoo.datamodules.samplers.EvalShardSampler`): no sample is evaluated twice.
+  of whole batches (:class:`~visionzoo.datamodules.samplers.EvalShardSampler`): no sample is evaluated twice, and
+  each in the batch it has in one process.
 """
 
 from __future__ import annotations
@@ -112,12 +113,12 @@ def eval_loader(
     pin_memory: bool,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
-    """File order (a plain ``SequentialSampler`` in one process); under DDP this process's unpadded contiguous shard."""
+    """File order (a plain ``SequentialSampler`` in one process); under DDP this process's shard of whole batches."""
     distributed = process_share()[1] > 1
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EvalShardSampler(len(dataset)) if distributed else None,  # type: ignore[arg-type]
+        sampler=EvalShardSampler(len(dataset), batch_size) if distributed else None,  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

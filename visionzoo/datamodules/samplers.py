@@ -4,8 +4,9 @@
   global RNG; each process takes its own share of it (so Lightning keeps the sampler under DDP instead of wrapping it);
   it can start mid-epoch (:meth:`EpochSampler.start_at`); every index it yields is a :class:`SeededIndex` carrying the
   seed of that draw, with which :class:`SeededDataset` seeds the augmentation of that one sample.
-* :class:`EvalShardSampler`: evaluation order, split into contiguous, unpadded shards, so under DDP every sample is
-  evaluated exactly once and the shards concatenated in rank order are the single-process order.
+* :class:`EvalShardSampler`: evaluation order, split into contiguous, unpadded shards of whole batches, so under DDP
+  every sample is evaluated exactly once, in the batch it has in one process, and the shards concatenated in rank
+  order are the single-process order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+from ..errors import ConfigError
 
 
 def process_share() -> tuple[int, int]:
@@ -161,19 +164,29 @@ class EpochShuffleSampler(EpochSampler):
 
 
 class EvalShardSampler(DistributedSampler):
-    """File order, cut into ``world_size`` contiguous shards without padding (sizes differ by at most one).
+    """File order, cut into ``world_size`` contiguous, unpadded shards of whole batches.
 
-    Lightning's own DDP sampler pads the last round with repeated samples, which then count twice in every
-    metric; here each sample is evaluated once, and gathering per-rank results in rank order restores the
-    single-process order (Re-ID ranking breaks ties by gallery order). Every process must get at least one sample.
+    Lightning's own DDP sampler pads the last round with repeated samples, which then count twice in every metric.
+    Here each sample is evaluated once; and since a shard is a run of the single-process batches, every batch --
+    hence every feature, to the bit -- is what one process computes, and gathering per-rank results in rank order
+    restores the single-process order (Re-ID ranking breaks distance ties by gallery order). A set with fewer
+    batches than processes is cut per sample instead; one with fewer samples than processes is refused (a process
+    without a batch would never join the metrics' synchronisation).
     """
 
-    def __init__(self, num_samples: int) -> None:  # noqa: D107
+    def __init__(self, num_samples: int, batch_size: int = 1) -> None:  # noqa: D107
         self.rank, self.num_replicas = process_share()
-        self.num_samples_total = int(num_samples)
+        self.num_samples_total = n = int(num_samples)
         self.epoch, self.seed, self.shuffle, self.drop_last = 0, 0, False, False
-        n, w, r = self.num_samples_total, self.num_replicas, self.rank
-        self.begin, self.end = r * n // w, (r + 1) * n // w
+        w, r = self.num_replicas, self.rank
+        if n < w:
+            raise ConfigError(
+                f"an evaluation set of {n} samples cannot be split over {w} processes without repeating samples; "
+                "evaluate it on fewer devices."
+            )
+        unit = batch_size if -(-n // batch_size) >= w else 1
+        units = -(-n // unit)
+        self.begin, self.end = min(n, r * units // w * unit), min(n, (r + 1) * units // w * unit)
         self.num_samples = self.end - self.begin
 
     def set_epoch(self, epoch: int) -> None:

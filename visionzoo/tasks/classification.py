@@ -23,7 +23,9 @@ from .optim import configure_optimizers
 class ClassificationTask(L.LightningModule):
     """Supervised classification with label smoothing, optional Mixup/CutMix and top-1/top-5.
 
-    Logs ``train/loss``, ``train/lr``, ``val/loss``, ``val/acc1``, ``val/acc5`` (and ``test/*``).
+    Logs ``train/loss``, ``train/lr``, ``val/loss``, ``val/acc1``, ``val/acc5`` (and ``test/*``). Evaluation values
+    are means over samples (loss) and counts (accuracy), summed across DDP processes by torchmetrics, so with the
+    loaders' unpadded evaluation shards they equal the single-process values.
     ``optimizer`` holds ``create_optimizer_v2`` kwargs; ``scheduler`` holds the warm-up + cosine
     settings (see :func:`visionzoo.tasks.optim.build_scheduler`); ``mixup`` holds timm ``Mixup``
     kwargs or is ``None``.
@@ -95,13 +97,13 @@ class ClassificationTask(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        # per-sample sums, so the epoch value is the mean over samples whatever the batching or number of processes
         images, targets = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, targets)
-        getattr(self, f"{stage}_loss")(loss)
-        getattr(self, f"{stage}_acc1")(logits, targets)
+        getattr(self, f"{stage}_loss").update(F.cross_entropy(logits, targets, reduction="none"))
+        getattr(self, f"{stage}_acc1").update(logits, targets)
         if self.num_classes >= 5:  # top-5 is meaningless with fewer classes
-            getattr(self, f"{stage}_acc5")(logits, targets)
+            getattr(self, f"{stage}_acc5").update(logits, targets)
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/acc1", getattr(self, f"{stage}_acc1"), on_epoch=True, prog_bar=stage == "val")
         if self.num_classes >= 5:

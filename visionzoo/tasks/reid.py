@@ -226,8 +226,7 @@ class ReIDTask(L.LightningModule):
             return
         cat = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
         if self._trainer is not None and self.trainer.world_size > 1:
-            gathered = self.all_gather({k: v.to(self.device) for k, v in cat.items()})
-            cat = {k: v.reshape(-1, *v.shape[2:]).cpu() for k, v in gathered.items()}
+            cat = {k: self._gather_in_rank_order(v) for k, v in cat.items()}
         feat = cat["feat"]
         if self.hparams.normalize_eval:
             feat = F.normalize(feat, dim=1)
@@ -255,6 +254,18 @@ class ReIDTask(L.LightningModule):
             self.log(
                 f"{stage}/{key}", value, prog_bar=key in ("mAP", "rank1") and stage == "val", sync_dist=False
             )
+
+    def _gather_in_rank_order(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (their lengths may differ), concatenated in rank order.
+
+        The evaluation loaders give each process a contiguous unpadded shard of whole batches, so this is the
+        single-process order and the same features: each query and gallery item once, ties ranked as in one process.
+        """
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        dtype = values.dtype
+        parts = gather_all_tensors(values.to(self.device, torch.long if dtype == torch.bool else dtype))
+        return torch.cat(parts).cpu().to(dtype)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch)

@@ -12,7 +12,8 @@ Batches follow the segmentation DataModule contract: train ``{"image", "mask"}``
 
 Metrics are computed at the original resolution: the logits are resized (bilinear) to each ``orig_mask`` before
 the argmax. Logged: ``train/loss``, ``train/lr``, ``val/loss``, ``val/mIoU``, ``val/mDice``, ``val/aAcc``,
-``val/mAcc`` (means over all classes, background included, mmseg's convention), ``val/fgIoU`` / ``val/fgDice``
+``val/mAcc`` (means over all classes, background included, mmseg's convention; ``val/loss`` is the mean over images of
+each image's loss), ``val/fgIoU`` / ``val/fgDice``
 (means over classes 1.. when class 0 is named "background": for binary sets the foreground Dice papers report),
 per class ``val/IoU/<class>`` and ``val/Dice/<class>`` (``per_class``), ``val/vDice`` when the batches carry
 volume ids, ``val/hd95`` when ``metrics`` asks for ``hd95``; the same under ``test/``. Conventions (NaN-excluded
@@ -164,15 +165,16 @@ class SegmentationTask(L.LightningModule):
     def _eval_step(self, batch: Mapping[str, Any], stage: str) -> dict[str, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
         logits = self.infer(images).float()
-        loss = self.criterion(logits, masks)
-        getattr(self, f"{stage}_loss")(loss)
+        # one loss per image, averaged over images: the value does not depend on batching or on the DDP split
+        losses = torch.stack([self.criterion(logits[i : i + 1], masks[i : i + 1]) for i in range(len(masks))])
+        getattr(self, f"{stage}_loss").update(losses)
+        loss = losses.mean()
         self.log(
             f"{stage}/loss",
             getattr(self, f"{stage}_loss"),
             on_step=False,
             on_epoch=True,
             prog_bar=stage == "val",
-            batch_size=images.shape[0],
         )
         preds = logits.argmax(dim=1)
         targets = batch.get("orig_mask")
