@@ -26,10 +26,12 @@ __all__ = ["algorithmic_mode", "count_flops", "count_params", "model_complexity"
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (shared tensors counted once)."""
+    """Number of weights: parameters plus the frozen weights of modules that hold them as buffers
+    (``static_buffers = True``, e.g. the frozen LLM layer of ``vit_*_llm``); shared tensors counted once."""
     seen: set[int] = set()
     total = 0
-    for p in model.parameters():
+    frozen = [b for m in model.modules() if getattr(m, "static_buffers", False) for b in m.buffers()]
+    for p in [*model.parameters(), *frozen]:
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
