@@ -73,6 +73,25 @@ def test_inductor_compile_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_torchscript_equals_eager_or_is_refused_for_the_registered_reason(name):
+    from timm.layers import set_scriptable
+
+    from visionzoo.models import model_info
+
+    with set_scriptable(True):
+        model = _perturbed(name)
+    reason = model_info(name).not_scriptable
+    if reason is not None:
+        with pytest.raises(Exception):  # noqa: B017 - the registered reason must stay true
+            torch.jit.script(model)
+        return
+    x = _input(name)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert relative_error(scripted(x), model(x)) <= RTOL
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_onnx_in_onnxruntime_equals_eager(name, tmp_path):
     pytest.importorskip("onnxruntime")
     model = _perturbed(name)

@@ -129,10 +129,18 @@ def test_default_output_name(capsys, tmp_path, monkeypatch):
 
 
 def test_qtseg_onnx_checked_in_onnxruntime(capsys, tmp_path):
+    """Exported from weights whose ChannelAttention residual scales are non-zero, so the check sees them."""
     pytest.importorskip("onnxruntime")
+    import timm
+    from zoo_models import perturb_zero_init
+
+    model = timm.create_model("qtseg")
+    assert any("gamma" in n for n in perturb_zero_init(model))
+    torch.save(model.state_dict(), tmp_path / "w.pth")
     out = tmp_path / "qtseg.onnx"
     code, stdout, err = run(
-        capsys, "export", "qtseg", "--format", "onnx", "--check", "--size", "64", "--output", str(out), "--json",
+        capsys, "export", "qtseg", "--format", "onnx", "--check", "--size", "64", "--checkpoint",
+        str(tmp_path / "w.pth"), "--output", str(out), "--json",
     )  # fmt: skip
     assert code == 0, err
     result = json.loads(stdout)

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from zoo_models import perturb_zero_init
 
 from visionzoo.errors import CheckpointError, InputSizeError
 from visionzoo.models.qtseg import (
@@ -527,6 +528,7 @@ def test_torchscript_matches_eager():
     torch.manual_seed(0)
     with set_scriptable(True):
         model = timm.create_model("qtseg", **SMALL).eval()
+    assert any("gamma" in n for n in perturb_zero_init(model))  # the ChannelAttention branches count
     x = torch.randn(1, 3, 64, 96)
     scripted = torch.jit.script(model)
     with torch.no_grad():

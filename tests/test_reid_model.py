@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from zoo_models import perturb_zero_init
 
 import visionzoo.models  # noqa: F401  (registers the zoo models)
 from visionzoo.models.layers.reid_attention import LightweightAttentionBlock, create_reid_attn
@@ -99,6 +100,7 @@ def test_lab_block_gate_and_cost():
 
 def test_torchscript_with_attention():
     model = timm.create_model("reid_resnet50_lab", num_classes=3, **SMALL).eval()
+    assert any("gamma" in n for n in perturb_zero_init(model))  # the lab blocks change the output
     scripted = torch.jit.script(model)
     x = torch.randn(1, 3, 64, 32)
     torch.testing.assert_close(scripted(x), model(x))
@@ -123,6 +125,7 @@ def test_bnneck():
         torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True), post)
         torch.testing.assert_close(post, model.neck(pre))
         assert model(x).shape == (4, 7)
+    perturb_zero_init(model)
     scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted(x), model(x))
     model.reset_classifier(0, "")
