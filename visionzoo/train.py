@@ -6,7 +6,6 @@ anything expensive is built, so configuration mistakes end in one sentence withi
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from . import provenance
 from .errors import ConfigError, VisionZooError
 from .tasks import ClassificationTask, SegmentationTask
 from .tasks.ddp import ignore_static_buffers
@@ -79,7 +79,7 @@ def check_model_data_pairing(cfg: DictConfig) -> str:
 
 #: keys of a data config that configure the task, not the DataModule: popped before instantiation unless the
 #: DataModule's constructor takes them (the segmentation DataModules keep ``metrics`` as hints)
-TASK_KEYS_IN_DATA = ("metrics", "loss", "inference", "optimized_metric")
+TASK_KEYS_IN_DATA = ("metrics", "loss", "inference", "optimized_metric", "test_ckpt")
 
 
 def _accepted_kwargs(target: str) -> set[str] | None:
@@ -313,6 +313,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     if cfg.get("seed") is not None and hasattr(datamodule, "shuffle_seed"):
         datamodule.shuffle_seed = int(cfg.seed)
+    # every split's files listed (and evaluation images checked) before any model is built
+    splits = provenance.split_info(datamodule)
+    test_ckpt = _check_test_protocol(cfg, splits)
     num_classes = int(datamodule.num_classes)
     model = build_model(cfg, num_classes, data_task, int(getattr(datamodule, "in_chans", 3)))
     datamodule.set_data_config(timm.data.resolve_model_data_config(model))
@@ -328,6 +331,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _set_optimized_metric(cfg, data_task, datamodule)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    counter = provenance.EvalCounter()
+    callbacks.append(counter)
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
@@ -336,18 +341,88 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    metrics_from: dict[str, dict[str, Any]] = {}
+    if any(k.startswith("train/") for k in metrics):
+        metrics_from["train/"] = {"split": "train"}
+    if any(k.startswith("val/") for k in metrics):
+        metrics_from["val/"] = {
+            "split": "val",
+            "checkpoint": "the last validation pass of training",
+            "evaluated": counter.evaluated.get("val"),
+        }
 
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
-        if not best and cfg.get("train", True):
-            log.warning("no best checkpoint was saved; testing the weights in memory")
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
-        for res in results:
-            metrics.update({k: float(v) for k, v in res.items()})
+        for prefix, path, what in _test_passes(cfg, trainer, ckpt_path, test_ckpt, splits):
+            for res in trainer.test(task, datamodule=datamodule, ckpt_path=path, verbose=False):
+                metrics.update({_with_prefix(k, prefix): float(v) for k, v in res.items()})
+            metrics_from[prefix] = {
+                "split": "test",
+                "checkpoint": what,
+                "evaluated": counter.evaluated.get("test"),
+            }
 
-    _report(trainer, metrics)
+    _report(trainer, metrics, splits, metrics_from, provenance.run_record(cfg, datamodule))
     return metrics
+
+
+TEST_CKPTS = ("best", "last")
+
+
+def _check_test_protocol(cfg: DictConfig, splits: dict[str, dict[str, Any]]) -> str:
+    """``test_ckpt`` (best|last), refused when "best" would be chosen on the very images it is then tested on."""
+    choice = str(cfg.get("test_ckpt") or "best").lower()
+    if choice not in TEST_CKPTS:
+        raise ConfigError(f"test_ckpt '{choice}' is unknown; expected one of {', '.join(TEST_CKPTS)}.")
+    if (
+        choice == "best"
+        and cfg.get("train", True)
+        and cfg.get("test", True)
+        and provenance.same_images(splits, "val", "test")
+    ):
+        raise ConfigError(
+            f"test_ckpt=best would pick the checkpoint on the {splits['test']['size']} test images themselves "
+            f"(the val and test splits are the same: {splits['test']['source']}); set test_ckpt=last or hold out a "
+            "validation split (see the data config's header)."
+        )
+    return choice
+
+
+def _best_checkpoint(trainer: L.Trainer, monitor: str | None) -> str:
+    """Path of the best checkpoint by ``monitor`` (the first monitored callback's otherwise), or ``""``."""
+    monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+    chosen = [cb for cb in monitored if cb.monitor == monitor] or monitored
+    return str(chosen[0].best_model_path or "") if chosen else ""
+
+
+def _test_passes(
+    cfg: DictConfig, trainer: L.Trainer, ckpt_path: str | None, test_ckpt: str, splits: dict[str, Any]
+) -> list[tuple[str, str | None, str]]:
+    """``(metric prefix, checkpoint path or None = the weights in memory, description)`` of each test pass.
+
+    ``test/*`` is the checkpoint ``test_ckpt`` names; after training, the other one is tested too, as
+    ``test_last/*`` or ``test_best/*`` (the latter only when the best was chosen on images other than the test
+    split). Weights in memory (the last ones) are tested first, before a checkpoint is loaded over them.
+    """
+    if not cfg.get("train", True):
+        what = f"given checkpoint {ckpt_path}" if ckpt_path else "initial weights (train=false, no ckpt_path)"
+        return [("test/", ckpt_path, what)]
+    last = "last (the weights at the end of training)"
+    best = _best_checkpoint(trainer, cfg.get("optimized_metric"))
+    best_what = f"best by {cfg.get('optimized_metric')} on the val split ({Path(best).name})" if best else ""
+    if test_ckpt == "last":
+        passes = [("test/", None, last)]
+        if best and not provenance.same_images(splits, "val", "test"):
+            passes.append(("test_best/", best, best_what))
+        return passes
+    if not best:
+        log.warning("no best checkpoint was saved; testing the weights in memory (the last ones)")
+        return [("test/", None, last + "; no best checkpoint was saved")]
+    return [("test_last/", None, last), ("test/", best, best_what)]
+
+
+def _with_prefix(key: str, prefix: str) -> str:
+    """``test/acc1`` -> ``test_last/acc1`` for ``prefix="test_last/"``; other keys unchanged."""
+    return prefix + key[len("test/") :] if key.startswith("test/") else key
 
 
 def _set_optimized_metric(cfg: DictConfig, data_task: str, datamodule: Any = None) -> None:
@@ -368,13 +443,20 @@ def _set_optimized_metric(cfg: DictConfig, data_task: str, datamodule: Any = Non
     log.info("optimized_metric for %s: %s", data_task, default)
 
 
-def _report(trainer: L.Trainer, metrics: dict[str, float]) -> None:
-    """Write metrics.json, print a table and say where the checkpoints and logs are (rank 0 only)."""
+def _report(
+    trainer: L.Trainer,
+    metrics: dict[str, float],
+    splits: dict[str, Any] | None = None,
+    metrics_from: dict[str, Any] | None = None,
+    run_record: dict[str, Any] | None = None,
+) -> None:
+    """Write metrics.json (with its provenance, :mod:`visionzoo.provenance`), print a table and say where the
+    checkpoints and logs are (rank 0 only)."""
     if trainer.global_rank != 0:
         return
     out_dir = Path(trainer.default_root_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    provenance.write_metrics(out_dir, metrics, splits or {}, metrics_from or {}, run_record or {})
 
     from rich.console import Console
     from rich.table import Table

@@ -7,7 +7,9 @@ The train runner relies on this contract:
   sentence; it runs before the model is built and again in ``setup()``;
 * ``set_data_config(timm.data.resolve_model_data_config(model))`` decides the input size,
   interpolation, mean/std and crop; ``image_size`` (when set) overrides the model's input size;
-* loaders yield ``(images float B×3×H×W, targets long B)``.
+* loaders yield ``(images float B×3×H×W, targets long B)``;
+* ``split_info()`` says what each split is (source, size, hash of its file list or indices) for metrics.json:
+  a paper's ``test/*`` must come from images that chose neither the checkpoint nor a hyper-parameter.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class ClassificationDataModule(SplitLoadersMixin, L.LightningDataModule):
 
     def check(self) -> None:
         """Validate the data cheaply; raise ``DatasetError`` with one sentence when it is unusable."""
+
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """``{split: {"source", "size", "sha256", ...}}`` of train/val/test (see :mod:`visionzoo.provenance`)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ contract: data config
     def set_data_config(self, data_config: Mapping[str, Any]) -> None:
