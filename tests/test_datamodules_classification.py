@@ -84,11 +84,17 @@ def test_folder_batches_and_metadata(folder: Path, cls) -> None:
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
     assert y.dtype == torch.long and y.shape == (4,)
-    xv, yv = next(iter(dm.val_dataloader()))
-    assert xv.shape == (4, 3, 64, 64)
-    assert yv.tolist() == [0, 0, 0, 0]  # sorted samples: first class first
-    labels = torch.cat([b[1] for b in dm.val_dataloader()])
-    assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    if cls is ImageNetDataModule:  # no minival by default: val is the val folder, in sorted file order
+        xv, yv = next(iter(dm.val_dataloader()))
+        assert xv.shape == (4, 3, 64, 64)
+        assert yv.tolist() == [0, 0, 0, 0]  # sorted samples: first class first
+        labels = torch.cat([b[1] for b in dm.val_dataloader()])
+        assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    else:  # val held out of train (one image per class), the val folder is the test split
+        labels = torch.cat([b[1] for b in dm.val_dataloader()])
+        assert labels.tolist() == [0, 1, 2]
+        dm.setup("test")
+        assert torch.cat([b[1] for b in dm.test_dataloader()]).tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_default_data_config_is_timm_imagenet(folder: Path) -> None:
@@ -142,7 +148,7 @@ def test_train_transform_kwargs_reach_timm(folder: Path) -> None:
 
 
 def test_train_loader_shuffle_drop_last_and_workers(folder: Path) -> None:
-    dm = ImageFolderDataModule(root=folder, batch_size=4, num_workers=0)
+    dm = ImageNetDataModule(root=folder, batch_size=4, num_workers=0)  # no hold-out: all 12 train images
     dm.set_data_config(MODEL_CFG)
     dm.setup("fit")
     train = dm.train_dataloader()
@@ -155,7 +161,7 @@ def test_train_loader_shuffle_drop_last_and_workers(folder: Path) -> None:
     assert list(train.sampler) == first  # the order depends on (seed, epoch) only
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert not dm.val_dataloader().drop_last
-    big = ImageFolderDataModule(root=folder, batch_size=16, num_workers=0)
+    big = ImageNetDataModule(root=folder, batch_size=16, num_workers=0)
     big.set_data_config(MODEL_CFG)
     batches = list(big.train_dataloader())
     assert not big.train_dataloader().drop_last  # 12 samples <= 16: keep the only batch
@@ -166,12 +172,13 @@ def test_train_loader_shuffle_drop_last_and_workers(folder: Path) -> None:
     assert not dm.train_dataloader().persistent_workers
 
 
-def test_test_split_defaults_to_val_and_uses_test_dir(tmp_path: Path) -> None:
+def test_test_split_is_the_val_folder_without_test_dir_and_uses_test_dir(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", splits=("train", "val"))
     make_folder(root, splits=("test",), classes=["n01", "n03"], per_class=2)
     dm = ImageFolderDataModule(root=root, batch_size=8, num_workers=0)
     dm.setup("test")
-    assert len(dm.test_dataloader().dataset) == 12
+    assert len(dm.test_dataloader().dataset) == 12  # the val folder: val itself is held out of train
+    assert dm.split_sources() == {"val": "holdout", "test": "val"}
     dm_t = ImageFolderDataModule(root=root, test_dir="test", batch_size=8, num_workers=0)
     dm_t.set_data_config(MODEL_CFG)
     dm_t.setup("test")
@@ -193,7 +200,7 @@ def test_image_modes_and_extensions_are_read_as_rgb(tmp_path: Path) -> None:
         for i, (name, mode) in enumerate(files.items()):
             _write_image(root / split / "only" / name, i, mode=mode)
         (root / split / "only" / "notes.txt").write_text("not an image")
-    dm = ImageFolderDataModule(root=root, batch_size=6, num_workers=0)
+    dm = ImageNetDataModule(root=root, batch_size=6, num_workers=0)  # val = the val folder
     dm.set_data_config(MODEL_CFG)
     dm.setup("validate")
     with warnings.catch_warnings():
@@ -304,15 +311,26 @@ def test_corrupt_image_is_skipped_with_one_warning_naming_it(folder: Path) -> No
     assert ds.skipped == 1
 
 
-def test_truncated_image_is_skipped(folder: Path) -> None:
-    victim = folder / "val" / "n03" / "img_3.JPEG"  # the last sample: replacement wraps around
+def test_truncated_train_image_is_skipped(folder: Path) -> None:
+    victim = folder / "train" / "n03" / "img_3.JPEG"  # the last sample: replacement wraps around
+    victim.write_bytes(victim.read_bytes()[:200])
+    dm = ImageNetDataModule(root=folder, batch_size=12, num_workers=0)
+    dm.set_data_config(MODEL_CFG)
+    dm.setup("fit")
+    with pytest.warns(UnreadableImageWarning, match="img_3.JPEG"):
+        x, y = dm.train_dataset[11]
+    assert x.shape == (3, 64, 64)
+    assert y == 0  # wrapped to the first readable sample, with its own label
+
+
+def test_truncated_val_image_fails_at_setup_naming_it(folder: Path) -> None:
+    """Old behaviour (the bug): the bad val image was replaced by the next one, which was then counted twice."""
+    victim = folder / "val" / "n03" / "img_3.JPEG"
     victim.write_bytes(victim.read_bytes()[:200])
     dm = ImageFolderDataModule(root=folder, batch_size=12, num_workers=0)
-    dm.set_data_config(MODEL_CFG)
-    with pytest.warns(UnreadableImageWarning, match="img_3.JPEG"):
-        x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (12, 3, 64, 64)
-    assert y[-1].item() == 0  # wrapped to the first readable sample, with its own label
+    with pytest.raises(DatasetError, match="img_3.JPEG") as err:
+        dm.setup("fit")
+    assert_one_sentence(str(err.value))
 
 
 def test_all_images_unreadable_raises(tmp_path: Path) -> None:
@@ -320,10 +338,12 @@ def test_all_images_unreadable_raises(tmp_path: Path) -> None:
     for split in ("train", "val"):
         (root / split / "a").mkdir(parents=True)
         (root / split / "a" / "x.jpg").write_bytes(b"garbage")
-    dm = ImageFolderDataModule(root=root, batch_size=1, num_workers=0)
-    dm.setup("validate")
+    dm = ImageNetDataModule(root=root, batch_size=1, num_workers=0)
+    with pytest.raises(DatasetError, match="unreadable image"):
+        dm.setup("validate")
+    dm = ImageNetDataModule(root=root, batch_size=1, num_workers=0, eval_corrupt="exclude")
     with pytest.warns(UnreadableImageWarning), pytest.raises(DatasetError, match="could be decoded"):
-        dm.val_dataset[0]
+        dm.setup("validate")
 
 
 # ----------------------------------------------------------------------------- digits
@@ -333,13 +353,18 @@ def test_digits_split_is_stratified_and_deterministic() -> None:
     b.setup("fit")
     np.testing.assert_array_equal(a.train_indices, b.train_indices)
     np.testing.assert_array_equal(a.val_indices, b.val_indices)
-    assert len(a.train_indices) + len(a.val_indices) == 1797
-    assert not set(a.train_indices) & set(a.val_indices)
-    val_targets = a.val_dataset.targets
-    counts = torch.bincount(val_targets, minlength=10)
-    all_counts = torch.bincount(torch.cat([a.train_dataset.targets, val_targets]), minlength=10)
-    assert (counts > 0).all() and len(counts) == 10
-    assert ((counts.float() - 0.2 * all_counts.float()).abs() <= 1.0).all()
+    np.testing.assert_array_equal(a.test_indices, b.test_indices)
+    assert (len(a.train_indices), len(a.val_indices), len(a.test_indices)) == (1257, 180, 360)
+    parts = [set(a.train_indices), set(a.val_indices), set(a.test_indices)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert len(parts[0] | parts[1] | parts[2]) == 1797
+    all_counts = torch.bincount(
+        torch.cat([a.train_dataset.targets, a.val_dataset.targets, a.test_dataset.targets]), minlength=10
+    )
+    for ds, fraction in ((a.val_dataset, 0.1), (a.test_dataset, 0.2)):
+        counts = torch.bincount(ds.targets, minlength=10)
+        assert (counts > 0).all() and len(counts) == 10
+        assert ((counts.float() - fraction * all_counts.float()).abs() <= 1.0).all()
     other = DigitsDataModule(seed=1, num_workers=0)
     other.setup("fit")
     assert not np.array_equal(other.val_indices, a.val_indices)
@@ -361,18 +386,18 @@ def test_digits_batches_sizes_and_speed() -> None:
     assert len(batches) == len(dm.train_dataset) // 64  # drop_last
     xv, _ = next(iter(dm.test_dataloader()))
     assert xv.shape[1:] == (3, 32, 32)
-    assert dm.test_dataset is dm.val_dataset
+    assert len(dm.test_dataset) == 360 and len(dm.val_dataset) == 180  # old behaviour (the bug): test was val
 
 
 def test_digits_normalization_and_model_size() -> None:
     dm = DigitsDataModule(image_size=None, batch_size=360, num_workers=0)
     dm.set_data_config({**MODEL_CFG, "input_size": (3, 40, 40), "mean": (0, 0, 0), "std": (1, 1, 1)})
-    x, _ = next(iter(dm.val_dataloader()))
+    x, _ = next(iter(dm.test_dataloader()))
     assert x.shape == (360, 3, 40, 40)
     assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
     torch.testing.assert_close(x[:, 0], x[:, 2])  # grey replicated to 3 channels
     dm.set_data_config({**MODEL_CFG, "input_size": (3, 40, 40), "mean": (0.5,) * 3, "std": (0.5,) * 3})
-    x2, _ = next(iter(dm.val_dataloader()))
+    x2, _ = next(iter(dm.test_dataloader()))
     torch.testing.assert_close(x2, (x - 0.5) / 0.5)
 
 

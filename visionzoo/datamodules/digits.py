@@ -1,7 +1,10 @@
 """scikit-learn's bundled handwritten digits: the embedded default dataset (real data, no download).
 
-1,797 grayscale 8×8 images of the digits 0-9 (values 0..16). A fixed stratified split (seed 0 by
-default) keeps ``val_fraction`` of every class for validation (also used as the test split). In
+1,797 grayscale 8×8 images of the digits 0-9 (values 0..16), released without a split. Protocol: three
+disjoint stratified parts drawn with ``seed`` (default 0), the usual hold-out convention for a dataset with no
+official split (scikit-learn ``train_test_split``; the digits' own docs split it at random too): ``test_fraction``
+(default 0.2: **360** images) is held out first, then ``val_fraction`` of all images (default 0.1: **180**) from the
+rest, leaving **1,257** for training. The checkpoint is chosen on ``val``; ``test`` is evaluated once. In
 ``setup`` the images are scaled to 0..1 and upsampled once (bilinear) to ``image_size`` and cached;
 each sample is then replicated to 3 channels and normalized with the data config's mean/std. Training
 adds a cheap random translation (never a flip: a flipped digit is another symbol).
@@ -81,6 +84,27 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
 
 
+def three_way_split(
+    targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic stratified ``(train, val, test)`` indices, disjoint, each sorted.
+
+    ``test`` (``ceil(test_fraction * N)``) is drawn first, then ``val`` (``ceil(val_fraction * N)``) from the rest.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n = len(targets)
+    everything = np.arange(n)
+    rest, test = train_test_split(
+        everything, test_size=test_fraction, stratify=targets, random_state=seed, shuffle=True
+    )
+    n_val = int(np.ceil(val_fraction * n))
+    train, val = train_test_split(
+        rest, test_size=n_val, stratify=targets[rest], random_state=seed + 1, shuffle=True
+    )
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
 def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified ``(train_indices, val_indices)``, each sorted."""
     from sklearn.model_selection import train_test_split
@@ -103,8 +127,9 @@ class DigitsDataModule(ClassificationDataModule):
     def __init__(
         self,
         image_size: int | None = 32,
-        val_fraction: float = 0.2,
+        val_fraction: float = 0.1,
         seed: int = 0,
+        test_fraction: float = 0.2,
         batch_size: int = 64,
         num_workers: int = 2,
         pin_memory: bool = False,
@@ -117,14 +142,20 @@ class DigitsDataModule(ClassificationDataModule):
             image_size=image_size,
             train_transform=train_transform,
         )
-        if not isinstance(val_fraction, int | float) or not 0.0 < float(val_fraction) < 1.0:
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"data.{name} must be a number strictly between 0 and 1, got {value!r}.")
+        if float(val_fraction) + float(test_fraction) >= 0.9:
             raise ConfigError(
-                f"data.val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}."
+                f"data.val_fraction + data.test_fraction is {float(val_fraction) + float(test_fraction):g}: "
+                "expected below 0.9, so that training keeps at least a tenth of the images."
             )
         self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
         self.seed = int(seed)
         self.train_indices: np.ndarray | None = None
         self.val_indices: np.ndarray | None = None
+        self.test_indices: np.ndarray | None = None
         self._raw: tuple[torch.Tensor, torch.Tensor] | None = None  # N×1×8×8 in 0..1, N
         self._cache: tuple[int, int, torch.Tensor] | None = None  # (H, W, N×1×H×W)
 
@@ -174,19 +205,42 @@ class DigitsDataModule(ClassificationDataModule):
             self._cache = (h, w, up.clamp_(0.0, 1.0).contiguous())
         return self._cache[2]
 
+    def _split(self) -> None:
+        """Draw the three index sets once (from the bundled targets only: no images needed)."""
+        if self.train_indices is not None:
+            return
+        if self._raw is None:
+            images, targets = load_digits_arrays()
+            self._raw = (torch.from_numpy(images / 16.0).unsqueeze(1), torch.from_numpy(targets))
+        self.train_indices, self.val_indices, self.test_indices = three_way_split(
+            self._raw[1].numpy(), self.val_fraction, self.test_fraction, self.seed
+        )
+
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """Indices into scikit-learn's ``load_digits()`` order, hashed (see :mod:`visionzoo.provenance`)."""
+        from ..provenance import split_entry
+
+        self._split()
+        rule = (
+            f"scikit-learn load_digits, stratified split seed {self.seed} "
+            f"(val_fraction {self.val_fraction:g}, test_fraction {self.test_fraction:g})"
+        )
+        parts = {"train": self.train_indices, "val": self.val_indices, "test": self.test_indices}
+        return {
+            name: split_entry(f"{rule}: {name}", [f"digits:{int(i)}" for i in idx])
+            for name, idx in parts.items()
+        }
+
     def _build_datasets(self, stage: str | None) -> None:
         images = self._images()
         targets = self._raw[1]
-        if self.train_indices is None:
-            self.train_indices, self.val_indices = stratified_split(
-                targets.numpy(), self.val_fraction, self.seed
-            )
+        self._split()
         cfg = self.data_config
         max_shift = round(float(self.train_transform_kwargs["translate"]) * min(cfg["input_size"][1:]))
-        tr, va = torch.from_numpy(self.train_indices), torch.from_numpy(self.val_indices)
+        tr, va, te = (torch.from_numpy(i) for i in (self.train_indices, self.val_indices, self.test_indices))
         self.train_dataset = TensorImageDataset(images[tr], targets[tr], cfg["mean"], cfg["std"], max_shift)
         self.val_dataset = TensorImageDataset(images[va], targets[va], cfg["mean"], cfg["std"])
-        self.test_dataset = self.val_dataset
+        self.test_dataset = TensorImageDataset(images[te], targets[te], cfg["mean"], cfg["std"])
 
     def _on_data_config_changed(self) -> None:
         if self.train_dataset is not None:
