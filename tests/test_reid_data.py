@@ -13,7 +13,7 @@ from visionzoo.datamodules import Market1501DataModule, PKSampler
 from visionzoo.datamodules.reid import MARKET1501_DIRNAME, parse_market_name
 from visionzoo.errors import ConfigError, DatasetError
 
-TRAIN_PIDS = (2, 7, 11, 20)
+TRAIN_PIDS = (2, 7, 11, 20, 25)  # 5 ids: one is held out for validation, 4 make a P=4 batch
 
 
 def _img(path: Path, shade: int) -> None:
@@ -21,7 +21,7 @@ def _img(path: Path, shade: int) -> None:
 
 
 def write_market(root: Path) -> Path:
-    """4 train ids x 2 cameras x 2 images (+1 junk); query ids 1, 3; gallery with matches, distractor, junk."""
+    """5 train ids x 2 cameras x 2 images (+1 junk); query ids 1, 3; gallery with matches, distractor, junk."""
     base = root / MARKET1501_DIRNAME
     for split in ("bounding_box_train", "query", "bounding_box_test"):
         (base / split).mkdir(parents=True)
@@ -63,16 +63,17 @@ def test_parse_market_name():
 
 def test_splits_relabel_and_flags(market, tmp_path):
     for root in (tmp_path, market):  # parent folder or the Market folder itself
-        dm = Market1501DataModule(root=root, batch_size=4, num_instances=2, num_workers=0)
+        # no validation hold-out here: every train id is relabelled (the hold-out: tests/test_protocols.py)
+        dm = Market1501DataModule(root=root, batch_size=4, num_instances=2, num_workers=0, val_id_fraction=0)
         assert dm.task == "reid"
         assert dm.num_classes == len(TRAIN_PIDS)
         assert dm.train_pids == list(TRAIN_PIDS)
         dm.setup("fit")
         train = dm.train_dataset
         assert len(train) == len(TRAIN_PIDS) * 4  # junk dropped
-        assert sorted(set(train.pids)) == [0, 1, 2, 3]
-        val = dm.val_dataset
-        assert dm.test_dataset is val
+        assert sorted(set(train.pids)) == [0, 1, 2, 3, 4]
+        assert dm.val_dataset is None and dm.val_dataloader() == []  # no validation split
+        val = dm.test_dataset  # query + gallery
         flags = [r[3] for r in val.records]
         assert flags.count(True) == 2 and flags.count(False) == 4  # junk dropped, distractor kept
         assert sorted(r[1] for r in val.records if not r[3]) == [0, 1, 1, 3]
@@ -87,7 +88,7 @@ def test_batches(market):
     counts = Counter(batch["pid"].tolist())
     assert len(counts) == 2 and set(counts.values()) == {2}  # P=2 ids x K=2
     assert "is_query" not in batch
-    vb = next(iter(dm.val_dataloader()))
+    vb = next(iter(dm.test_dataloader()))
     assert vb["image"].shape == (4, 3, 256, 128)
     assert vb["is_query"].tolist() == [True, True, False, False]
     assert vb["pid"].tolist()[:2] == [1, 3] and vb["camid"].tolist()[:2] == [0, 1]
@@ -147,8 +148,8 @@ def test_check_errors(tmp_path, market):
         Market1501DataModule(root=market, batch_size=6, num_instances=4)
 
 
-def test_val_batches_feed_the_metrics(market):
-    """Round trip: model embeddings of the val loader -> query/gallery split by flag -> Market-1501 metrics."""
+def test_test_batches_feed_the_metrics(market):
+    """Round trip: model embeddings of the test loader -> query/gallery split by flag -> Market-1501 metrics."""
     import timm
 
     import visionzoo.models  # noqa: F401
@@ -158,7 +159,7 @@ def test_val_batches_feed_the_metrics(market):
     model = timm.create_model("reid_resnet50_lab", layers=(1, 1, 1, 1), num_classes=0, bnneck=True).eval()
     feats, pids, cams, flags = [], [], [], []
     with torch.no_grad():
-        for b in dm.val_dataloader():
+        for b in dm.test_dataloader():
             feats.append(model(b["image"]))
             pids.append(b["pid"])
             cams.append(b["camid"])

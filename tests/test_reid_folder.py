@@ -16,7 +16,13 @@ from visionzoo.datamodules import Market1501DataModule, ReIDDataModule, ReIDFold
 from visionzoo.errors import ConfigError, DatasetError
 from visionzoo.tasks.reid_metrics import compute_reid_metrics
 
-TRAIN_IDS = ("alice", "bob", "carol", "dave")  # relabelled 0..3 in this (sorted) order
+TRAIN_IDS = (
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+)  # relabelled 0..4 in this (sorted) order; one held out for val
 
 # (identity folder, file name) of the query and gallery; cameras in the names
 QUERY = [("p01", "p01_c1_0.jpg"), ("p02", "p02_c1_0.jpg"), ("p04", "p04_c2_0.jpg")]
@@ -38,7 +44,7 @@ def _img(path: Path, shade: int) -> None:
 
 
 def write_reid_folder(root: Path, cameras: bool = True) -> Path:
-    """4 train ids x 2 cameras (+ junk and distractor folders), the query/gallery above; ``cameras=False`` drops
+    """5 train ids x 2 cameras (+ junk and distractor folders), the query/gallery above; ``cameras=False`` drops
     the ``_c<n>`` part of every name."""
 
     def name(n: str) -> str:
@@ -73,9 +79,9 @@ def _named(records) -> list[tuple[str, str, int, int]]:
 
 
 def test_records_relabelling_junk_distractors_and_cameras(reid_root):
-    dm = _dm(reid_root)
+    dm = _dm(reid_root, val_id_fraction=0)  # no validation hold-out: every train id relabelled
     assert isinstance(dm, ReIDDataModule) and dm.task == "reid"
-    assert dm.num_classes == 4 and dm.class_names == list(TRAIN_IDS)
+    assert dm.num_classes == 5 and dm.class_names == list(TRAIN_IDS)
     assert not dm.cross_set
     recs = dm._records
     # train: junk folder dropped, distractor folder kept in the raw records as pid 0, real ids 1..4 by sorted name
@@ -85,6 +91,7 @@ def test_records_relabelling_junk_distractors_and_cameras(reid_root):
         ("bob", 2),
         ("carol", 3),
         ("dave", 4),
+        ("erin", 5),
     ]
     # query/gallery share one numbering by name: p01..p04 -> 1..4; junk folders dropped, 0000 -> 0
     assert _named(recs["query"]) == [
@@ -103,12 +110,12 @@ def test_records_relabelling_junk_distractors_and_cameras(reid_root):
 
     dm.setup("fit")
     train = dm.train_dataset
-    assert len(train) == 8  # 4 ids x 2 images, junk and distractor dropped
-    assert Counter(train.pids) == {0: 2, 1: 2, 2: 2, 3: 2}
+    assert len(train) == 10  # 5 ids x 2 images, junk and distractor dropped
+    assert Counter(train.pids) == {0: 2, 1: 2, 2: 2, 3: 2, 4: 2}
     assert [Path(r[0]).parent.name for r in train.records if r[1] == 2] == ["carol", "carol"]
     assert sorted({r[2] for r in train.records}) == [1, 2]
-    val = dm.val_dataset
-    assert dm.test_dataset is val
+    assert dm.val_dataset is None  # val_id_fraction=0: no validation split
+    val = dm.test_dataset
     assert [r[3] for r in val.records] == [True] * 3 + [False] * 6
     assert all(r[1] != -1 for r in val.records)
 
@@ -190,8 +197,12 @@ def test_pk_batches(reid_root):
     counts = Counter(batch["pid"].tolist())
     assert len(counts) == 2 and set(counts.values()) == {2}  # P=2 ids x K=2
     assert set(counts) <= {0, 1, 2, 3} and "is_query" not in batch
-    assert len(dm.train_dataloader()) == 2  # 4 ids x 2 images, 2 ids per batch
-    vb = next(iter(dm.val_dataloader()))
+    assert len(dm.train_dataloader()) == 2  # 4 ids (one of 5 held out for val) x 2 images, 2 ids per batch
+    val = next(
+        iter(dm.val_dataloader())
+    )  # the held-out id: its camera-1 image is the query, camera 2 the gallery
+    assert val["is_query"].tolist() == [True, False] and val["camid"].tolist() == [1, 2]
+    vb = next(iter(dm.test_dataloader()))
     assert vb["image"].shape == (4, 3, 32, 16)
     assert vb["is_query"].tolist() == [True, True, True, False]
     assert vb["pid"].tolist()[:3] == [1, 2, 4] and vb["camid"].tolist()[:3] == [1, 1, 2]

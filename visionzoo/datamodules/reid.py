@@ -15,9 +15,20 @@ File names are ``<pid>_c<cam>s<seq>_<frame>_<box>.jpg``; camids become 0-based (
 * **Junk** images (pid ``-1``) are dropped from every split; **distractors** (pid ``0``) stay in the gallery (they
   are never a match, see :mod:`visionzoo.tasks.reid_metrics`) and are dropped from train and query.
 * **Training** pids are relabelled to ``0..num_classes-1`` in sorted order (``num_classes`` = train ids).
+* **Splits** (protocol). Market-1501 releases train + a query/gallery test set and no validation split; Bag of
+  Tricks (reid-strong-baseline) and fast-reid report the final epoch on query + gallery. Here ``test`` is the
+  released query + gallery, and ``val`` is a seeded, **identity-disjoint** hold-out of the training identities
+  (``val_id_fraction``, default 0.1 of them, at least one; ``seed``): for each held-out identity and camera one
+  image (seeded draw) is a query and the identity's other images are its gallery (one query per identity per
+  camera, as fast-reid / torchreid build validation sets; with no cameras, one query per identity and the cross-set
+  rule below). Held-out identities are not trained on (``num_classes`` counts the rest). ``val_id_fraction: 0``: no
+  validation split (nothing to choose a checkpoint on: report the final one).
+* **Unreadable images**: training replaces a file PIL cannot decode by another image of the same identity, with a
+  warning naming it; evaluation never counts a sample twice: every val/test image is decoded at set-up and, by
+  default (``eval_corrupt: fail``), set-up stops with one sentence listing the bad files; ``eval_corrupt: exclude``
+  leaves them out and ``metrics.json`` reports how many (``_splits.<split>.excluded``).
 * **Batches** are dicts. Train: ``image`` (float Bx3xHxW), ``pid`` (relabelled, long), ``camid`` (long).
-  Val/test (the same query + gallery set; Market-1501 has no separate validation split): ``image``, ``pid``
-  (original id), ``camid`` and ``is_query`` (bool: query or gallery).
+  Val/test: ``image``, ``pid`` (original id), ``camid`` and ``is_query`` (bool: query or gallery).
 * **Train order**: :class:`PKSampler`, ``num_instances`` (K) images of each of
   ``batch_size // K`` (P) ids per batch, reproducible from ``(seed, epoch)``.
 * **Transforms** (the "Bag of Tricks" Re-ID recipe): resize to ``image_size`` (default 256x128 = H x W), random
@@ -29,12 +40,14 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
@@ -42,7 +55,16 @@ from torchvision import transforms as T
 
 from ..errors import ConfigError, DatasetError
 from ._base import _positive_int, to_plain
-from .folder import is_image_file, load_rgb
+from .folder import (
+    DECODE_ERRORS,
+    EVAL_CORRUPT,
+    UnreadableImageWarning,
+    describe_files,
+    find_unreadable,
+    is_image_file,
+    load_rgb,
+    unreadable_reason,
+)
 from .loaders import TrainPositionMixin, eval_loader, train_loader
 from .samplers import EpochSampler
 
@@ -131,22 +153,65 @@ class PKSampler(EpochSampler):
 
 
 class ReIDDataset(Dataset):
-    """``(path, pid, camid, is_query)`` records decoded with PIL; items are dicts (see the module docstring)."""
+    """``(path, pid, camid, is_query)`` records decoded with PIL; items are dicts (see the module docstring).
+
+    ``substitute`` (training): an unreadable file is replaced, with a warning naming it, by the next readable
+    image of the same identity (the PK batch keeps its identities); otherwise (evaluation) it stops the run.
+    """
 
     def __init__(
-        self, records: list[tuple[str, int, int, bool]], transform=None, with_flag: bool = True
+        self,
+        records: list[tuple[str, int, int, bool]],
+        transform=None,
+        with_flag: bool = True,
+        substitute: bool = False,
     ) -> None:
         self.records = records
         self.pids = [r[1] for r in records]
         self.transform = transform
         self.with_flag = with_flag
+        self.substitute = substitute
+        self.bad_files: set[str] = set()
+        self._same_pid: dict[int, list[int]] = defaultdict(list)
+        for i, p in enumerate(self.pids):
+            self._same_pid[p].append(i)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, index: int) -> tuple[Any, tuple[str, int, int, bool]]:
+        record = self.records[index]
+        if not self.substitute:
+            try:
+                return load_rgb(record[0]), record
+            except DECODE_ERRORS as err:
+                raise DatasetError(
+                    f"evaluation image '{record[0]}' cannot be decoded ({unreadable_reason(err)}) although it was "
+                    "readable at set-up: an evaluation never replaces an image, restore the file and rerun."
+                ) from None
+        same = self._same_pid[record[1]]
+        start = same.index(index)
+        for step in range(len(same)):
+            candidate = self.records[same[(start + step) % len(same)]]
+            if candidate[0] in self.bad_files:
+                continue
+            try:
+                return load_rgb(candidate[0]), candidate
+            except DECODE_ERRORS as err:
+                self.bad_files.add(candidate[0])
+                warnings.warn(
+                    f"skipping unreadable image '{candidate[0]}' ({unreadable_reason(err)}); using another image "
+                    "of the same identity instead",
+                    UnreadableImageWarning,
+                    stacklevel=2,
+                )
+        raise DatasetError(
+            f"no image of training identity {record[1]} could be decoded (e.g. '{record[0]}'): expected readable "
+            "image files."
+        )
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path, pid, camid, is_query = self.records[index]
-        img = load_rgb(path)
+        img, (path, pid, camid, is_query) = self._load(index)
         if self.transform is not None:
             img = self.transform(img)
         item = {"image": img, "pid": pid, "camid": camid}
@@ -169,7 +234,15 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
         image_size: ``(height, width)`` of the inputs, default ``(256, 128)``.
         re_prob: random-erasing probability; ``hflip``: flip probability; ``pad``: pixels of pad-and-crop.
         mean, std: normalisation (default ImageNet); ``set_data_config`` may override them from the model.
+        val_id_fraction: share of the training identities held out as the validation query/gallery set (module
+            docstring); ``seed``: the draw of those identities and of their query images.
+        eval_corrupt: ``fail`` (default) or ``exclude`` unreadable val/test images (module docstring).
     """
+
+    #: folder names of the splits, for the descriptions in metrics.json (a subclass's layout)
+    split_dirs = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+    #: whether training file names carry cameras (else the validation set uses the cross-set rule)
+    _train_cameras = True
 
     task = "reid"
     in_chans = 3
@@ -188,6 +261,9 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
         pad: int = 10,
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        val_id_fraction: float = 0.1,
+        seed: int = 0,
+        eval_corrupt: str = "fail",
     ) -> None:
         super().__init__()
         self.root = None if root is None or str(root).strip() == "" else Path(os.path.expanduser(str(root)))
@@ -218,9 +294,23 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
         self.re_prob, self.hflip = float(re_prob), float(hflip)
         self.pad = int(pad)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if isinstance(val_id_fraction, bool) or not isinstance(val_id_fraction, int | float):
+            raise ConfigError(f"data.val_id_fraction must be a number in [0, 1), got {val_id_fraction!r}.")
+        if not 0.0 <= float(val_id_fraction) < 1.0:
+            raise ConfigError(f"data.val_id_fraction must be a number in [0, 1), got {val_id_fraction!r}.")
+        self.val_id_fraction = float(val_id_fraction)
+        self.seed = int(seed)
+        if eval_corrupt not in EVAL_CORRUPT:
+            raise ConfigError(
+                f"data.eval_corrupt must be one of {', '.join(EVAL_CORRUPT)}, got {eval_corrupt!r}."
+            )
+        self.eval_corrupt = eval_corrupt
         self.shuffle_seed = 0
         self._records: Records | None = None
         self._train_pids: list[int] | None = None
+        self._val_pids: list[int] = []
+        self._split_records: dict[str, list[tuple[str, int, int, bool]]] | None = None
+        self._excluded: dict[str, list[str]] = {}
         self.train_dataset: ReIDDataset | None = None
         self.val_dataset: ReIDDataset | None = None
         self.test_dataset: ReIDDataset | None = None
@@ -237,7 +327,127 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
     def check(self) -> None:
         recs = self._load_records()
         self._records = recs
-        self._train_pids = sorted({p for _, p, _ in recs["train"] if p > 0})
+        pids = sorted({p for _, p, _ in recs["train"] if p > 0})
+        self._val_pids = self._held_out_pids(pids)
+        held = set(self._val_pids)
+        self._train_pids = [p for p in pids if p not in held]
+
+    def _held_out_pids(self, pids: list[int]) -> list[int]:
+        """The seeded ``val_id_fraction`` of the training identities (at least one when > 0), sorted."""
+        if self.val_id_fraction <= 0:
+            return []
+        count = max(1, round(self.val_id_fraction * len(pids)))
+        if count >= len(pids):
+            raise DatasetError(
+                f"the training split has {len(pids)} identities: holding out {count} for validation "
+                f"(data.val_id_fraction {self.val_id_fraction:g}) leaves none to train on; lower "
+                "data.val_id_fraction or set it to 0 (no validation split)."
+            )
+        order = np.random.default_rng(self.seed).permutation(len(pids))[:count]
+        return sorted(pids[i] for i in order)
+
+    @property
+    def val_pids(self) -> list[int]:
+        """Original ids of the identities held out for validation (not trained on)."""
+        if self._train_pids is None:
+            self.check()
+        return list(self._val_pids)
+
+    def _validation_records(self) -> list[tuple[str, int, int, bool]]:
+        """Held-out identities as query + gallery (module docstring): per identity, one seeded query image per
+        camera (cameras in order) while the identity keeps at least one gallery image; the rest is gallery."""
+        held = set(self._val_pids)
+        by_pid: dict[int, dict[int, list[tuple[str, int, int]]]] = defaultdict(lambda: defaultdict(list))
+        for path, p, c in self._records["train"]:
+            if p in held:
+                by_pid[p][c if self._train_cameras else 0].append((path, p, c))
+        rng = np.random.default_rng([self.seed, 1])
+        query, gallery, valid = [], [], 0
+        for pid in sorted(by_pid):
+            cams = by_pid[pid]
+            left = sum(len(items) for items in cams.values())
+            picks: dict[int, int] = {}
+            for cam in sorted(cams):
+                pick = int(rng.integers(len(cams[cam])))
+                if left > 1:
+                    picks[cam] = pick
+                    left -= 1
+            q_cams = {c for c in picks}
+            g_cams = {c for c, items in cams.items() if len(items) > (1 if c in picks else 0)}
+            valid += bool(q_cams) and (not self._train_cameras or bool(g_cams - q_cams) or len(q_cams) > 1)
+            for cam in sorted(cams):
+                for i, (path, p, c) in enumerate(cams[cam]):
+                    is_q = picks.get(cam) == i
+                    camid = c if self._train_cameras else (0 if is_q else 1)  # cross-set: query 0, gallery 1
+                    (query if is_q else gallery).append((path, p, camid, is_q))
+        if not valid:
+            raise DatasetError(
+                f"none of the {len(held)} held-out validation identities has a query with a gallery image from "
+                "another camera, so validation would score nothing: raise data.val_id_fraction or change data.seed."
+            )
+        return query + gallery
+
+    def _without_unreadable(self, split: str, records: list[tuple[str, int, int, bool]]) -> list:
+        bad = find_unreadable([r[0] for r in records], threads=max(1, self.num_workers))
+        if not bad:
+            return records
+        if self.eval_corrupt == "fail":
+            raise DatasetError(
+                f"the {split} split holds {len(bad)} unreadable image(s) ({describe_files(bad)}): an evaluation "
+                "must not replace an image by another, so remove or repair them, or set data.eval_corrupt=exclude "
+                "to evaluate without them (metrics.json then reports how many were left out)."
+            )
+        warnings.warn(
+            f"leaving {len(bad)} unreadable image(s) out of the {split} split (data.eval_corrupt=exclude): "
+            f"{describe_files(bad)}",
+            UnreadableImageWarning,
+            stacklevel=2,
+        )
+        self._excluded[split] = bad
+        bad_set = set(bad)
+        return [r for r in records if r[0] not in bad_set]
+
+    def split_records(self) -> dict[str, list[tuple[str, int, int, bool]]]:
+        """``{"train", "val", "test"}`` -> ``(path, pid, camid, is_query)`` records (train pids relabelled), computed
+        once, evaluation images checked for unreadable files."""
+        if self._split_records is not None:
+            return self._split_records
+        self.check()
+        recs = self._records
+        label = {p: i for i, p in enumerate(self._train_pids)}
+        train = [(path, label[p], c, False) for path, p, c in recs["train"] if p in label]
+        query = [(path, p, c, True) for path, p, c in recs["query"] if p > 0]
+        gallery = [(path, p, c, False) for path, p, c in recs["gallery"] if p >= 0]
+        out = {"train": train, "test": self._without_unreadable("test", query + gallery)}
+        if self._val_pids:
+            out["val"] = self._without_unreadable("val", self._validation_records())
+        self._split_records = out
+        return out
+
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """Source, size and SHA-256 of ``relative path<TAB>pid<TAB>camid<TAB>q|g`` lines of each split."""
+        from ..provenance import split_entry
+
+        splits = self.split_records()
+        d = self.split_dirs
+        n_ids = len(self._train_pids) + len(self._val_pids)
+        described = {
+            "train": f"ROOT/{d['train']}: {len(self._train_pids)} of its {n_ids} identities"
+            + (f" (minus the {len(self._val_pids)} held out for val)" if self._val_pids else ""),
+            "test": f"ROOT/{d['query']} (query) + ROOT/{d['gallery']} (gallery); junk dropped",
+            "val": f"seeded (seed {self.seed}) identity-disjoint hold-out of {len(self._val_pids)} of the {n_ids} "
+            f"identities of ROOT/{d['train']} (val_id_fraction {self.val_id_fraction:g}): one query per identity "
+            "per camera, the rest gallery",
+        }
+        out = {}
+        for split, records in splits.items():
+            items = [
+                f"{os.path.relpath(path, self.root)}\t{p}\t{c}\t{'q' if q else 'g'}"
+                for path, p, c, q in records
+            ]
+            extra = {"excluded": len(self._excluded[split])} if split in self._excluded else {}
+            out[split] = split_entry(described[split], items, **extra)
+        return out
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -294,17 +504,15 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
-        self.check()
-        recs = self._records
+        splits = self.split_records()
         if self.train_dataset is None:
-            label = {p: i for i, p in enumerate(self._train_pids)}
-            train = [(path, label[p], c, False) for path, p, c in recs["train"] if p > 0]
-            self.train_dataset = ReIDDataset(train, self.build_train_transform(), with_flag=False)
-        if self.val_dataset is None:
-            query = [(path, p, c, True) for path, p, c in recs["query"] if p > 0]
-            gallery = [(path, p, c, False) for path, p, c in recs["gallery"] if p >= 0]
-            self.val_dataset = ReIDDataset(query + gallery, self.build_eval_transform())
-            self.test_dataset = self.val_dataset
+            self.train_dataset = ReIDDataset(
+                splits["train"], self.build_train_transform(), with_flag=False, substitute=True
+            )
+        if self.test_dataset is None:
+            self.test_dataset = ReIDDataset(splits["test"], self.build_eval_transform())
+        if self.val_dataset is None and "val" in splits:
+            self.val_dataset = ReIDDataset(splits["val"], self.build_eval_transform())
 
     def _dataset(self, name: str) -> ReIDDataset:
         if getattr(self, name) is None:
@@ -329,7 +537,10 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
             ds, batch_size=self.eval_batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """The held-out validation identities; none (``[]``: Lightning skips validation) at ``val_id_fraction: 0``."""
+        if self._dataset("test_dataset") is not None and self.val_dataset is None:
+            return []
         return self._eval_loader(self._dataset("val_dataset"))
 
     def test_dataloader(self) -> DataLoader:

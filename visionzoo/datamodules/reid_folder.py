@@ -21,6 +21,10 @@ Images may sit in subfolders of an identity folder (e.g. one per camera); hidden
   name matches it, the **cross-set protocol** applies: query images get camera 0, gallery images camera 1, so no
   gallery image is excluded (the query and gallery sets are assumed to be disjoint captures). Names that match
   only in part stop the run at start; train names follow the same all-or-none rule (camera 0 when none matches).
+* **Splits** (protocol): ``test`` = query + gallery; ``val`` = a seeded, identity-disjoint hold-out of the training
+  identities (``val_id_fraction``, default 0.1), one query per identity per camera and the rest gallery (one query
+  per identity, cross-set rule, when train names carry no camera), as for Market-1501
+  (:mod:`visionzoo.datamodules.reid`); unreadable images: the same policy (``eval_corrupt``).
 * Batches, transforms and PK sampling are :class:`~visionzoo.datamodules.reid.ReIDDataModule`'s.
 """
 
@@ -200,6 +204,7 @@ class ReIDFolderDataModule(ReIDDataModule):
         query_cams, gallery_cams = eval_cams[: len(flat["query"])], eval_cams[len(flat["query"]) :]
         cross_set = all(c is None for c in eval_cams)
         self._train_names, self._cross_set = train_names, cross_set
+        self._train_cameras = any(c is not None for c in train_cams)
         return {
             "train": [(p, pid_of(n, train_ids), c or 0) for (p, n), c in zip(flat["train"], train_cams)],
             "query": [
