@@ -75,24 +75,33 @@ def _fake_job(job_dir, positions, metrics, tmp_path, extra=()):
         (job_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
+def _scores(val_map: float, test_map: float) -> dict[str, float]:
+    return {
+        "val/mAP": val_map,
+        "val/rank1": val_map + 0.2,
+        "test/mAP": test_map,
+        "test/rank1": test_map + 0.2,
+    }
+
+
 def test_collect_runs_groups_and_averages(tmp_path):
+    """Old behaviour (the bug): the scores were test/* when present, so the search selected on the test set."""
     multirun = tmp_path / "multirun"
-    _fake_job(multirun / "0", "[]", {"test/mAP": 0.50, "test/rank1": 0.70, "val/mAP": 0.1}, tmp_path)
-    _fake_job(multirun / "1", "[layer2.1]", {"test/mAP": 0.60, "test/rank1": 0.80}, tmp_path)
-    _fake_job(
-        multirun / "2", "[[1,-1]]", {"test/mAP": 0.64, "test/rank1": 0.84}, tmp_path
-    )  # same network as 1
+    _fake_job(multirun / "0", "[]", _scores(0.40, 0.50), tmp_path)
+    _fake_job(multirun / "1", "[layer2.1]", _scores(0.50, 0.60), tmp_path)
+    _fake_job(multirun / "2", "[[1,-1]]", _scores(0.54, 0.64), tmp_path)  # same network as 1
     _fake_job(multirun / "3", "[layer3.0]", None, tmp_path)  # crashed: no metrics.json
-    _fake_job(
-        multirun / "4", "[layer3.0]", {"val/mAP": 0.55, "val/rank1": 0.75}, tmp_path
-    )  # no test: val scores
+    _fake_job(multirun / "4", "[layer3.0]", {"val/mAP": 0.55, "val/rank1": 0.75}, tmp_path)  # test=false
+    _fake_job(multirun / "5", "[layer4.0]", {"test/mAP": 0.9}, tmp_path)  # no validation: cannot be selected
     runs = collect_runs(multirun)
     assert [r.label for r in runs] == ["none", "layer2.1", "layer3.0"]
     none, l2, l3 = runs
-    assert none.metrics["mAP"] == pytest.approx(0.50) and len(none.runs) == 1
+    assert none.metrics["mAP"] == pytest.approx(0.40) and len(none.runs) == 1  # selection scores: val
+    assert none.test_metrics["mAP"] == pytest.approx(0.50)
     assert l2.positions == [(1, 1)] and len(l2.runs) == 2
-    assert l2.metrics["mAP"] == pytest.approx(0.62) and l2.metrics["rank1"] == pytest.approx(0.82)
-    assert l3.metrics == {"mAP": pytest.approx(0.55), "rank1": pytest.approx(0.75)}
+    assert l2.metrics["mAP"] == pytest.approx(0.52) and l2.metrics["rank1"] == pytest.approx(0.72)
+    assert l2.test_metrics["mAP"] == pytest.approx(0.62)
+    assert l3.metrics == {"mAP": pytest.approx(0.55), "rank1": pytest.approx(0.75)} and l3.test_metrics == {}
     assert l2.attn_block == "lab"
 
 
@@ -102,15 +111,40 @@ def test_collect_runs_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no finished Re-ID run"):
         collect_runs(tmp_path / "empty")
+    _fake_job(tmp_path / "test_only" / "0", "[]", {"test/mAP": 0.6}, tmp_path)
+    with pytest.raises(ConfigError, match="selects on validation"):
+        collect_runs(tmp_path / "test_only")
+
+
+def test_placement_search_selects_on_val_and_reports_test_for_the_selected_only(tmp_path):
+    """Val and test disagree on purpose: the front follows val; test appears once, for the front only."""
+    runs = [
+        _run([], 0.0, 0.80, test_map=0.70),
+        _run([(1, 3)], 0.02, 0.83, test_map=0.60),  # better on val: selected, although worse on test
+        _run([(2, 5)], 0.04, 0.82, test_map=0.95),  # best on test, dominated on val: not selected
+    ]
+    assert [r.label for r in pareto_front(runs)] == ["none", "layer2.3"]
+    text = write_report(runs, tmp_path / "report", title="t").read_text()
+    rows = {
+        row.split("|")[1].strip(): row
+        for row in text.splitlines()
+        if row.startswith("| ") and "placement" not in row
+    }
+    assert rows["layer2.3 *"].rstrip(" |").endswith("60.0 | 70.0")  # test mAP / rank-1 of the selected
+    assert "95.0" not in text and rows["layer3.5"].rstrip(" |").endswith("- | -")
+    with open(tmp_path / "report" / "placement.csv") as fh:
+        by_label = {row["placement"]: row for row in csv.DictReader(fh)}
+    assert by_label["layer3.5"]["test_mAP"] == "" and by_label["layer3.5"]["selected"] == "False"
+    assert float(by_label["layer2.3"]["test_mAP"]) == pytest.approx(0.60)
 
 
 def test_measure_latency_adds_the_plain_network_and_fills_numbers(tmp_path):
     multirun = tmp_path / "multirun"
-    _fake_job(multirun / "0", "[layer1.0,layer2.1]", {"test/mAP": 0.6, "test/rank1": 0.8}, tmp_path)
+    _fake_job(multirun / "0", "[layer1.0,layer2.1]", _scores(0.6, 0.6), tmp_path)
     _fake_job(
         multirun / "1",
         "[layer1.0,layer2.1]",
-        {"test/mAP": 0.5, "test/rank1": 0.7},
+        _scores(0.5, 0.5),
         tmp_path,
         extra=["model.attn_block=se"],
     )
@@ -129,14 +163,16 @@ def test_measure_latency_adds_the_plain_network_and_fills_numbers(tmp_path):
 
 def test_measure_latency_refuses_mixed_networks(tmp_path):
     multirun = tmp_path / "multirun"
-    _fake_job(multirun / "0", "[]", {"test/mAP": 0.6}, tmp_path)
-    _fake_job(multirun / "1", "[]", {"test/mAP": 0.6}, tmp_path, extra=["model.kwargs.last_stride=2"])
+    _fake_job(multirun / "0", "[]", {"val/mAP": 0.6}, tmp_path)
+    _fake_job(multirun / "1", "[]", {"val/mAP": 0.6}, tmp_path, extra=["model.kwargs.last_stride=2"])
     with pytest.raises(ConfigError, match="different base networks"):
         measure_latency(collect_runs(multirun), batch_size=1, input_size=(64, 32), rounds=1)
 
 
-def _run(label_positions, overhead, mAP):
+def _run(label_positions, overhead, mAP, test_map=None):
     r = PlacementRun("m", {}, label_positions, "lab", metrics={"mAP": mAP, "rank1": mAP + 0.1})
+    if test_map is not None:
+        r.test_metrics = {"mAP": test_map, "rank1": test_map + 0.1}
     r.overhead, r.latency_ms, r.params, r.runs = overhead, 100 * (1 + overhead), 1000, ["x"]
     return r
 
@@ -164,7 +200,7 @@ def test_pareto_front_and_report(tmp_path):
     ]
     with open(tmp_path / "report" / "placement.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 5 and float(rows[3]["mAP"]) == pytest.approx(0.85)
+    assert len(rows) == 5 and float(rows[3]["val_mAP"]) == pytest.approx(0.85)
     assert (tmp_path / "report" / "placement.png").stat().st_size > 1000
 
 
@@ -180,6 +216,8 @@ def test_placement_search_through_train_py_multirun(tmp_path):
     for job in ("0", "1"):
         metrics = json.loads((multirun / job / "metrics.json").read_text())
         assert 0.0 <= metrics["test/mAP"] <= 1.0 and 0.0 <= metrics["test/rank1"] <= 1.0
+        assert 0.0 <= metrics["val/mAP"] <= 1.0  # the identity-disjoint validation hold-out: what selects
+        assert metrics["_splits"]["val"]["sha256"] != metrics["_splits"]["test"]["sha256"]
     out = subprocess.run(
         [
             sys.executable,

@@ -16,6 +16,11 @@ Latency is the deployment forward (eval mode, ``torch.inference_mode``, embeddin
 ResNet-50 (``attn_positions=[]``, always added) for ``--rounds`` rounds; the overhead is the median over rounds of
 ``t(placement) / t(plain) - 1`` from back-to-back calls, which a busy neighbour slows alike. ``table`` writes
 ``placement.md``, ``placement.csv`` and ``placement.png`` (mAP vs latency overhead, Pareto front drawn).
+
+Protocol: the placements are **selected on validation** -- the Pareto front is computed from each run's ``val/*``
+(the identity-disjoint hold-out of the training identities, see :mod:`visionzoo.datamodules.reid`) -- and the test
+set (query + gallery) is **reported once**, for the selected placements only: the table's test columns are filled
+for the front and left empty for the others, so the test set never chooses a placement.
 """
 
 from __future__ import annotations
@@ -106,7 +111,10 @@ class PlacementRun:
     model_kwargs: dict[str, Any]
     positions: list[tuple[int, int]]
     attn_block: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # validation scores: what the search selects on
+    test_metrics: dict[str, float] = field(
+        default_factory=dict
+    )  # test scores: reported for the selected only
     runs: list[str] = field(default_factory=list)
     params: int | None = None
     latency_ms: float | None = None
@@ -140,12 +148,21 @@ def _normalised_positions(model_name: str, kwargs: dict[str, Any]) -> list[tuple
     return parse_attn_positions(kwargs.get("attn_positions", DEFAULT_ATTN_POSITIONS), layers)
 
 
+def _scores(raw: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        k[len(prefix) :]: float(v)
+        for k, v in raw.items()
+        if k.startswith(prefix) and k.count("/") == 1 and isinstance(v, int | float)
+    }
+
+
 def collect_runs(
-    multirun_dir: str | Path, metric_prefixes: Sequence[str] = ("test/", "val/")
+    multirun_dir: str | Path, select_prefix: str = "val/", report_prefix: str = "test/"
 ) -> list[PlacementRun]:
     """One :class:`PlacementRun` per distinct network in a Hydra multirun folder (runs of the same network, e.g.
-    several seeds, are averaged). A job counts when it has ``.hydra/config.yaml`` and ``metrics.json``; the scores
-    are the first of ``metric_prefixes`` that the job logged (``test/`` after training, else ``val/``)."""
+    several seeds, are averaged). A job counts when it has ``.hydra/config.yaml`` and a ``metrics.json`` with
+    ``<select_prefix>mAP``: those validation scores become ``metrics`` (what the search selects on), the
+    ``report_prefix`` ones ``test_metrics`` (reported for the selected placements only)."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise ConfigError(
@@ -154,6 +171,8 @@ def collect_runs(
     jobs = sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml"))
     groups: dict[tuple, PlacementRun] = {}
     per_group: dict[tuple, list[dict[str, float]]] = {}
+    per_group_test: dict[tuple, list[dict[str, float]]] = {}
+    without_val: list[str] = []
     for job in jobs:
         metrics_file = job / "metrics.json"
         if not metrics_file.is_file():
@@ -163,12 +182,11 @@ def collect_runs(
         kwargs = dict(model_cfg.get("kwargs") or {})
         name = str(model_cfg["name"])
         raw = json.loads(metrics_file.read_text())
-        prefix = next((p for p in metric_prefixes if f"{p}mAP" in raw), None)
-        if prefix is None:
+        if f"{select_prefix}mAP" not in raw:
+            if f"{report_prefix}mAP" in raw:
+                without_val.append(str(job))
             continue
-        scores = {
-            k[len(prefix) :]: float(v) for k, v in raw.items() if k.startswith(prefix) and k.count("/") == 1
-        }
+        scores = _scores(raw, select_prefix)
         run = PlacementRun(
             model_name=name,
             model_kwargs=kwargs,
@@ -177,15 +195,27 @@ def collect_runs(
         )
         groups.setdefault(run.key, run).runs.append(str(job))
         per_group.setdefault(run.key, []).append(scores)
+        per_group_test.setdefault(run.key, []).append(_scores(raw, report_prefix))
+    if not groups and without_val:
+        raise ConfigError(
+            f"the runs under '{root}' (e.g. '{without_val[0]}') have {report_prefix}mAP but no {select_prefix}mAP: "
+            "the placement search selects on validation, so train with a validation split (data.val_id_fraction > 0)."
+        )
     if not groups:
         raise ConfigError(
             f"no finished Re-ID run under '{root}': expected job folders with .hydra/config.yaml and a metrics.json "
-            "holding test/mAP or val/mAP."
+            f"holding {select_prefix}mAP."
         )
     for key, run in groups.items():
-        names = set.intersection(*(set(s) for s in per_group[key]))
-        run.metrics = {m: statistics.fmean(s[m] for s in per_group[key]) for m in sorted(names)}
+        run.metrics = _mean_scores(per_group[key])
+        run.test_metrics = _mean_scores(per_group_test[key])
     return sorted(groups.values(), key=lambda r: (len(r.positions), r.positions))
+
+
+def _mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric, the mean over the runs that all have it."""
+    names = set.intersection(*(set(s) for s in scores)) if scores else set()
+    return {m: statistics.fmean(s[m] for s in scores) for m in sorted(names)}
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -256,7 +286,8 @@ def _pct(x: float | None) -> str:
 
 def write_report(runs: list[PlacementRun], out_dir: str | Path, title: str = "", metric: str = "mAP") -> Path:
     """``placement.md`` (table), ``placement.csv`` and ``placement.png`` (scatter + Pareto front) in ``out_dir``;
-    returns the Markdown file."""
+    returns the Markdown file. The front is chosen on the validation ``metric``; test scores are shown for the
+    front's placements only (module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     front = {id(r) for r in pareto_front(runs, metric)}
@@ -267,11 +298,14 @@ def write_report(runs: list[PlacementRun], out_dir: str | Path, title: str = "",
         "params (M)",
         "latency (ms)",
         "overhead (%)",
-        "mAP (%)",
-        "rank-1 (%)",
+        "val mAP (%)",
+        "val rank-1 (%)",
+        "test mAP (%)",
+        "test rank-1 (%)",
     ]
     rows = []
     for r in sorted(runs, key=lambda r: (r.overhead is None, r.overhead or 0.0)):
+        test = r.test_metrics if id(r) in front else {}
         rows.append(
             [
                 r.label + (" *" if id(r) in front else ""),
@@ -282,21 +316,32 @@ def write_report(runs: list[PlacementRun], out_dir: str | Path, title: str = "",
                 "-" if r.overhead is None else f"{100 * r.overhead:+.1f}",
                 _pct(r.metrics.get("mAP")),
                 _pct(r.metrics.get("rank1")),
+                _pct(test.get("mAP")),
+                _pct(test.get("rank1")),
             ]
         )
     lines = [f"# {title or 'Attention placement search'}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", f"`*` = on the Pareto front (no other placement is both faster and better in {metric})."]
+    lines += [
+        "",
+        f"`*` = on the Pareto front (no other placement is both faster and better in validation {metric}): the "
+        "placements the search selects, on the validation identities. Test (query + gallery) scores are reported "
+        "for those only, once; `-` elsewhere, so the test set chooses nothing.",
+    ]
     md = out / "placement.md"
     md.write_text("\n".join(lines) + "\n")
     with open(out / "placement.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["placement", "block", "runs", "params", "latency_ms", "overhead", "mAP", "rank1"])
+        writer.writerow(
+            ["placement", "block", "runs", "params", "latency_ms", "overhead", "selected"]
+            + ["val_mAP", "val_rank1", "test_mAP", "test_rank1"]
+        )
         for r in runs:
+            test = r.test_metrics if id(r) in front else {}
             writer.writerow(
-                [r.label, r.attn_block, len(r.runs), r.params, r.latency_ms, r.overhead]
-                + [r.metrics.get("mAP"), r.metrics.get("rank1")]
+                [r.label, r.attn_block, len(r.runs), r.params, r.latency_ms, r.overhead, id(r) in front]
+                + [r.metrics.get("mAP"), r.metrics.get("rank1"), test.get("mAP"), test.get("rank1")]
             )
     _plot(runs, out / "placement.png", metric)
     return md
@@ -332,7 +377,7 @@ def _plot(runs: Sequence[PlacementRun], path: Path, metric: str) -> None:
         )
         ax.legend(loc="lower right")
     ax.set_xlabel("inference latency overhead vs plain ResNet (%)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"validation {metric} (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
