@@ -134,17 +134,19 @@ def test_max_steps_stop_then_more_epochs_continues_at_the_next_step(tmp_path: Pa
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("task", ["digits", "shapes", "reid"])
 def test_sigterm_at_any_step_resumes_bit_identical(tmp_path: Path, task: str, workers: int) -> None:
-    """Every task x workers 0/2: stopped by SIGTERM mid-epoch and by max_steps mid-epoch, resumed exactly."""
+    """Every task x workers 0/2: stopped by SIGTERM mid-epoch, by max_steps mid-epoch and at an epoch's end."""
     if task == "digits":
-        common, steps = [*DIGITS, "trainer.max_epochs=3"], (5, 10)
+        common, steps = [*DIGITS, "trainer.max_epochs=3"], (5, 10, 4)
     elif task == "shapes":
-        common, steps = [*SHAPES, "trainer.max_epochs=3"], (5, 10)
+        common, steps = [*SHAPES, "trainer.max_epochs=3"], (5, 10, 4)
     else:
         write_market(tmp_path / "data")
-        common, steps = [*reid(tmp_path / "data"), "trainer.max_epochs=3"], (3, 5)
+        common, steps = [*reid(tmp_path / "data"), "trainer.max_epochs=3"], (3, 5, 2)
     common = [*common, f"data.num_workers={workers}"]
     stop_and_resume(tmp_path / "sigterm", common, sigterm_at(steps[0]))
     stop_and_resume(tmp_path / "max_steps", common, [f"trainer.max_steps={steps[1]}"])
+    at_end = stop_and_resume(tmp_path / "epoch_end", common, [f"trainer.max_steps={steps[2]}"])
+    assert next(v for k, v in at_end.items() if k.endswith("DataModule"))["train_position"] == [1, 0]
 
 
 @pytest.mark.slow
