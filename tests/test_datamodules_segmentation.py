@@ -51,7 +51,7 @@ NET = 32  # network size in these tests (the written images are 56×64)
 
 # name → (writer, DataModule, extra kwargs, expected num_classes)
 FILE_SETS = {
-    "ade20k": (write_ade20k, ADE20KDataModule, {}, 150),
+    "ade20k": (write_ade20k, ADE20KDataModule, {"val_size": 1}, 150),  # 4 training images here
     "seg_folder": (write_seg_folder, SegFolderDataModule, {"classes": ["bg", "a", "b"], "num_folds": 3}, 3),
     "isic2016": (write_isic2016, ISIC2016DataModule, {}, 2),
     "kvasir_seg": (write_kvasir_seg, KvasirSEGDataModule, {}, 2),
@@ -59,7 +59,7 @@ FILE_SETS = {
     "busi": (write_busi, BUSIDataModule, {}, 2),
     "dsb2018": (write_dsb2018, DSB2018DataModule, {}, 2),
     "fives": (write_fives, FIVESDataModule, {}, 2),
-    "drive": (write_drive, DRIVEDataModule, {}, 2),
+    "drive": (write_drive, DRIVEDataModule, {"val_size": 2}, 2),  # 5 training images here
 }
 
 
@@ -97,11 +97,12 @@ def test_layout_batches(name: str, tmp_path: Path) -> None:
 
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         batch = next(iter(loader))
+        n = min(2, len(loader.dataset))  # a tiny layout's validation hold-out may be one image
         assert set(batch) == {"image", "mask", "orig_mask", "name"}
-        assert batch["image"].shape == (2, 3, NET, NET) and batch["mask"].shape == (2, NET, NET)
+        assert batch["image"].shape == (n, 3, NET, NET) and batch["mask"].shape == (n, NET, NET)
         assert batch["mask"].dtype == torch.long
         assert all(m.shape == SIZE and m.dtype == torch.long for m in batch["orig_mask"])
-        assert all(isinstance(n, str) for n in batch["name"]) and len(batch["name"]) == 2
+        assert all(isinstance(n, str) for n in batch["name"]) and len(batch["name"]) == n
         assert values(batch["orig_mask"]) <= allowed
         assert values(batch["orig_mask"]) - {dm.ignore_index} > {0}  # foreground present
 
@@ -152,13 +153,16 @@ def test_mask_size_mismatch_at_load_time_names_the_file(tmp_path: Path) -> None:
     _resize_file(extra)
     dm = make_dm("busi", root, check_samples=0)
     dm.check()  # not sampled by check
-    dm.setup("fit")
-    samples = dm.train_dataset.samples + dm.val_dataset.samples
-    ds = dm.train_dataset if any(s.name.endswith("(2)") for s in dm.train_dataset.samples) else dm.val_dataset
-    index = next(i for i, s in enumerate(ds.samples) if s.name.endswith("(2)"))
-    assert len(samples) == 11
+    assert sum(len(v) for v in dm.splits.values()) == 11
+    split = next(k for k, v in dm.splits.items() if any(s.name.endswith("(2)") for s in v))
     with pytest.raises(DatasetError, match=re.escape(f"mask '{extra}'")):
-        ds[index]
+        if split == "train":  # found when the sample is loaded
+            dm.setup("fit")
+            dm.train_dataset[
+                next(i for i, s in enumerate(dm.train_dataset.samples) if s.name.endswith("(2)"))
+            ]
+        else:  # evaluation decodes every sample at set-up
+            dm.eval_samples(split)
 
 
 def test_missing_mask_names_the_image(tmp_path: Path) -> None:
@@ -170,18 +174,19 @@ def test_missing_mask_names_the_image(tmp_path: Path) -> None:
     assert_one_sentence(str(err.value))
 
 
-def test_unreadable_image_is_skipped_with_a_warning(tmp_path: Path) -> None:
+def test_unreadable_training_image_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    # (evaluation never replaces a sample: tests/test_seg_protocols.py)
     root = write_fives(tmp_path)
-    base = next(root.iterdir())
-    bad = base / "test" / "Original" / "8_A.png"
-    bad.write_bytes(b"not a png")
     dm = make_dm("fives", root)
-    dm.setup("validate")
-    names = [s.name for s in dm.val_dataset.samples]
+    dm.check()
+    names = [s.name for s in dm.splits["train"]]
+    bad = Path(dm.splits["train"][0].image)
+    bad.write_bytes(b"not a png")
+    dm.setup("fit")
     with pytest.warns(UnreadableImageWarning, match=re.escape(str(bad))):
-        item = dm.val_dataset[names.index("8_A")]
-    assert item["name"] == names[names.index("8_A") + 1]
-    assert dm.val_dataset.skipped == 1
+        item = dm.train_dataset[0]
+    assert item["image"].shape == (3, NET, NET) and len(names) > 1
+    assert dm.train_dataset.skipped == 1
 
 
 # ----------------------------------------------------------------------------------------- mask decoding
@@ -189,8 +194,8 @@ def test_ade20k_reduce_zero_label(tmp_path: Path) -> None:
     root = write_ade20k(tmp_path)
     dm = make_dm("ade20k", root)
     assert dm.num_classes == 150 and dm.ignore_index == 255 and dm.class_names[0] == "wall"
-    dm.setup("validate")
-    item = dm.val_dataset[0]
+    dm.setup("test")  # the official validation images are the test split
+    item = dm.test_dataset[0]
     raw = np.asarray(Image.open(root / "annotations" / "validation" / "ADE_val_00000001.png")).astype(
         np.int64
     )
@@ -204,7 +209,7 @@ def test_busi_merges_extra_masks_and_drops_normal(tmp_path: Path) -> None:
     root = write_busi(tmp_path)
     dm = make_dm("busi", root)
     dm.setup("fit")
-    all_samples = dm.train_dataset.samples + dm.val_dataset.samples
+    all_samples = [s for v in dm.splits.values() for s in v]
     assert len(all_samples) == 11 and not any(s.name.startswith("normal") for s in all_samples)
     sample = next(s for s in all_samples if s.name == "benign/benign (2)")
     assert [Path(m).name for m in sample.masks] == ["benign (2)_mask.png", "benign (2)_mask_1.png"]
@@ -216,7 +221,7 @@ def test_busi_merges_extra_masks_and_drops_normal(tmp_path: Path) -> None:
     )
     with_normal = make_dm("busi", root, include_normal=True)
     with_normal.check()
-    assert len(with_normal.splits["train"]) + len(with_normal.splits["val"]) == 13
+    assert sum(len(v) for v in with_normal.splits.values()) == 13
 
 
 def test_busi_qtseg_folds_are_contiguous_per_class(tmp_path: Path) -> None:
@@ -225,8 +230,8 @@ def test_busi_qtseg_folds_are_contiguous_per_class(tmp_path: Path) -> None:
     for fold in range(5):
         dm = make_dm("busi", root, fold=fold)
         dm.check()
-        vals.append([s.name for s in dm.splits["val"]])
-    # benign: 7 // 5 = 1 per fold in sorted order; the last 2 sorted benign images never validate
+        vals.append([s.name for s in dm.splits["test"]])
+    # benign: 7 // 5 = 1 per test fold in sorted order; the last 2 sorted benign images are never tested
     benign_sorted = sorted(f"benign ({k})" for k in range(1, 8))
     assert [v[0] for v in vals] == [f"benign/{n}" for n in benign_sorted[:5]]
     assert [v[1] for v in vals] == [f"malignant/malignant ({k})" for k in range(1, 6)]
@@ -279,25 +284,21 @@ def test_drive_fov_is_ignored_in_evaluation_only(tmp_path: Path) -> None:
     assert 255 in values([next(iter(ignored.train_dataloader()))["mask"]])
 
 
-def test_drive_without_test_labels_needs_a_fold(tmp_path: Path) -> None:
+def test_drive_without_test_labels_is_refused(tmp_path: Path) -> None:
+    # (it used to test on the validation fold: the split that chose the checkpoint)
     root = write_drive(tmp_path, test_labels=False)
-    with pytest.raises(DatasetError, match="data.fold=0") as err:
+    with pytest.raises(DatasetError, match="1st_manual") as err:
         make_dm("drive", root).check()
     assert_one_sentence(str(err.value))
-    dm = make_dm("drive", root, fold=0)
-    dm.check()
-    assert (
-        dm.splits["test"] is dm.splits["val"] and len(dm.splits["val"]) == 1 and len(dm.splits["train"]) == 4
-    )
 
 
 def test_seg_folder_split_folders_binary_suffix_and_bad_labels(tmp_path: Path) -> None:
     root = write_seg_folder(tmp_path / "a", splits=True, mask_suffix="_mask")
     dm = make_dm("seg_folder", root, mask_suffix="_mask")
     dm.check()
-    assert (
-        len(dm.splits["train"]) == 6 and len(dm.splits["val"]) == 3 and dm.splits["test"] is dm.splits["val"]
-    )
+    # train/ + val/ only: the given val/ folder is the test split, val a hold-out of train/
+    assert len(dm.splits["train"]) == 5 and len(dm.splits["val"]) == 1 and len(dm.splits["test"]) == 3
+    assert all("/val/" in s.image for s in dm.splits["test"])
     for mask in (root / "masks").rglob("*.png"):  # 8-bit 0/255 masks for the binary mode
         Image.fromarray(((np.asarray(Image.open(mask)) > 0) * 255).astype(np.uint8)).save(mask)
     binary = make_dm("seg_folder", root, mask_suffix="_mask", mask_mode="binary", classes=["bg", "fg"])
@@ -308,11 +309,14 @@ def test_seg_folder_split_folders_binary_suffix_and_bad_labels(tmp_path: Path) -
     bad = flat / "masks" / "img_002.png"
     Image.fromarray(np.full(SIZE, 7, np.uint8)).save(bad)
     dm = make_dm("seg_folder", flat, num_folds=2, check_samples=0)
-    dm.setup()
-    ds = dm.train_dataset if any(s.name == "img_002" for s in dm.train_dataset.samples) else dm.val_dataset
-    index = [s.name for s in ds.samples].index("img_002")
+    dm.check()
+    split = next(k for k, v in dm.splits.items() if any(s.name == "img_002" for s in v))
     with pytest.raises(DatasetError) as err:
-        ds[index]
+        if split == "train":
+            dm.setup("fit")
+            dm.train_dataset[[s.name for s in dm.train_dataset.samples].index("img_002")]
+        else:  # evaluation decodes every sample at set-up
+            dm.eval_samples(split)
     assert f"mask '{bad}' holds label 7" in str(err.value)
     assert_one_sentence(str(err.value))
     with pytest.raises(ConfigError):
@@ -344,30 +348,27 @@ def test_datamodule_folds_cover_every_image_once(tmp_path: Path) -> None:
     for fold in range(5):
         dm = make_dm("kvasir_seg", root, fold=fold)
         dm.check()
-        val = [s.name for s in dm.splits["val"]]
-        train = [s.name for s in dm.splits["train"]]
-        assert not set(val) & set(train) and len(val) + len(train) == 11
-        assert dm.splits["test"] is dm.splits["val"]
+        test, val, train = ([s.name for s in dm.splits[k]] for k in ("test", "val", "train"))
+        assert not set(val) & set(train) and not set(test) & (set(val) | set(train))
+        assert len(test) + len(val) + len(train) == 11 and val
         again = make_dm("kvasir_seg", root, fold=fold)
         again.check()
-        assert [s.name for s in again.splits["val"]] == val
-        seen += val
+        assert [s.name for s in again.splits["test"]] == test and [s.name for s in again.splits["val"]] == val
+        seen += test
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 11
     with pytest.raises(ConfigError, match="data.fold"):
         KvasirSEGDataModule(root=root, fold=5)
 
 
-def test_official_split_with_optional_fold(tmp_path: Path) -> None:
+def test_official_split_holds_validation_out_of_training(tmp_path: Path) -> None:
+    # (fold: null used to validate on the official test set)
     root = write_isic2016(tmp_path)
     dm = make_dm("isic2016", root)
     dm.check()
-    assert (
-        dm.splits["val"] is dm.splits["test"] and len(dm.splits["test"]) == 3 and len(dm.splits["train"]) == 6
-    )
-    folded = make_dm("isic2016", root, fold=1)
-    folded.check()
-    assert len(folded.splits["val"]) + len(folded.splits["train"]) == 6 and len(folded.splits["test"]) == 3
-    assert {s.name for s in folded.splits["test"]}.isdisjoint(s.name for s in folded.splits["val"])
+    assert len(dm.splits["test"]) == 3 and len(dm.splits["val"]) == 1 and len(dm.splits["train"]) == 5
+    assert {s.name for s in dm.splits["test"]}.isdisjoint(s.name for s in dm.splits["val"])
+    with pytest.raises(ConfigError, match="data.val_size"):
+        make_dm("isic2016", root, val_size=0.0)
 
 
 def test_too_few_images_for_the_folds(tmp_path: Path) -> None:
@@ -386,9 +387,8 @@ def test_msd_ct_slices_volume_keys_and_cache(tmp_path: Path) -> None:
     dm.check()
     assert dm.num_classes == 2 and dm.class_names == ["background", "spleen"] and dm.in_chans == 3
     dm.setup()
-    assert (
-        len(dm.splits["train"]) == 4 * 6 and len(dm.splits["val"]) == 6
-    )  # 5 volumes of 6 slices, 1 per fold
+    # 5 volumes of 6 slices: 1 tests (fold 0), 1 validates (held out of the other 4), 3 train
+    assert len(dm.splits["train"]) == 3 * 6 and len(dm.splits["val"]) == 6 and len(dm.splits["test"]) == 6
     batch = next(iter(dm.val_dataloader()))
     assert set(batch) == {"image", "mask", "orig_mask", "name", "volume_id", "slice_index"}
     assert batch["slice_index"] == [0, 1, 2, 3] and len(set(batch["volume_id"])) == 1
@@ -407,7 +407,7 @@ def test_msd_ct_slices_volume_keys_and_cache(tmp_path: Path) -> None:
     again.setup("fit")
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamp
     fg = MSDDataModule(root=root, image_size=NET, num_workers=0, cache_dir=cache, train_slices="foreground")
-    assert len(fg.splits["train"]) == 4 * 4
+    assert len(fg.splits["train"]) == 3 * 4
     pred = MSDDataModule(
         root=root, image_size=NET, num_workers=0, cache_dir=cache, predict_dir=root / "imagesTs"
     )
@@ -502,7 +502,12 @@ def test_ade20k_shortest_side_scale_pad_crop_recipe(tmp_path: Path) -> None:
             if key in op:
                 op[key] = NET
     dm = ADE20KDataModule(
-        root=write_ade20k(tmp_path), image_size=NET, batch_size=2, num_workers=0, train_transform=ops
+        root=write_ade20k(tmp_path),
+        image_size=NET,
+        batch_size=2,
+        num_workers=0,
+        train_transform=ops,
+        val_size=1,
     )
     dm.setup("fit")
     for i in range(4):
@@ -586,20 +591,30 @@ def test_data_configs_instantiate(name: str, tmp_path: Path) -> None:
         "train_transform",
         "metrics",
     } <= set(cfg)
-    assert "optimized_metric" not in cfg and cfg["root"] is None
+    assert cfg["root"] is None
+    # the protocol's checkpoint rule (train.py reads these; the DataModule never sees them)
+    metric, test_ckpt = cfg.pop("optimized_metric", None), cfg.pop("test_ckpt", None)
+    if name != "shapes":
+        assert test_ckpt == ("last" if name == "ade20k" else "best")
+        assert metric in (None, "val/mIoU" if name == "ade20k" else "val/mDice")
     assert set(cfg["metrics"]) <= {"dice", "iou", "hd95"}
     if name not in ("ade20k", "seg_folder", "shapes"):
         assert cfg["metrics"] == ["dice", "iou", "hd95"]
     if name in FILE_SETS or name == "msd":
-        assert ("fold" in cfg) == (name not in ("ade20k",))
+        kfold = name not in ("ade20k", "isic2016", "fives", "drive")
+        assert ("fold" in cfg) == kfold and {"val_size", "val_seed", "eval_unreadable"} <= set(cfg)
         if name == "msd":
             pytest.importorskip("nibabel")
             cfg["root"] = str(write_msd(tmp_path))
             cfg["cache_dir"] = str(tmp_path / "cache")
+        elif name == "seg_folder":  # the config's two classes
+            cfg["root"] = str(write_seg_folder(tmp_path, classes=2))
         else:
             cfg["root"] = str(FILE_SETS[name][0](tmp_path))
         if name == "seg_folder":
             cfg["num_folds"] = 3
+        if name == "ade20k":
+            cfg["val_size"] = 1  # 500 of 4 tiny training images would leave none to train
     dm = instantiate(
         {**cfg, "num_workers": 0, "pin_memory": False, "image_size": NET, "batch_size": 2}, _convert_="all"
     )

@@ -53,8 +53,14 @@ def test_recipe_configs_compose_with_the_paper_settings(path: Path, tmp_path: Pa
             and cfg.data.image_size == 1024
             and cfg.trainer.max_epochs == 200
         )
-    if "isic2016" in path.stem:
-        assert cfg.data.fold == 0  # checkpoints are never chosen on the official test split
+    # the protocol: checkpoints chosen on a validation split that is never the test split
+    assert cfg.test_ckpt == "best" and cfg.optimized_metric == "val/mDice"
+    if path.stem.endswith(("isic2016", "fives")):
+        assert (
+            cfg.data.val_size == 0.1 and "fold" not in cfg.data
+        )  # val held out of the official training set
+    else:
+        assert cfg.data.fold == 0 and cfg.data.val_size == 0.1  # test fold 0, val held out of the others
 
 
 def test_epoch_schedules() -> None:

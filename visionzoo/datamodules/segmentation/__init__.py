@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import SegmentationDataModule, SegmentationDataset, SegSample, kfold_indices
+from ._base import SegmentationDataModule, SegmentationDataset, SegSample
 from .ade20k import ADE20K_CLASSES, ADE20KDataModule
 from .busi import BUSIDataModule
 from .dsb import DSB2018DataModule
@@ -12,6 +12,7 @@ from .msd import MSDDataModule
 from .polyp import BKAIPolypDataModule, KvasirSEGDataModule
 from .retina import DRIVEDataModule, FIVESDataModule
 from .shapes import ShapesDataModule, make_shapes
+from .splits import kfold_indices
 
 __all__ = [
     "ADE20K_CLASSES",

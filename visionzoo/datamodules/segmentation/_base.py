@@ -15,23 +15,28 @@ Contract with the segmentation task and the runner
   resolution, for metrics), ``"name"`` (list of str) and, for volumes, ``"volume_id"``/``"slice_index"``;
 * predict batches: ``{"image", "name", "orig_size": list[(h_i, w_i)]}`` (+ volume keys).
 
-Unreadable files follow the classification policy (:mod:`visionzoo.datamodules.folder`): a file that
-cannot be decoded is reported once with an :class:`UnreadableImageWarning` naming it and the sample is
-replaced by the next readable one. A mask whose size differs from its image is a
-:class:`~visionzoo.errors.DatasetError` naming the file (checked at load time, and on the first samples
-of each split by ``check()``).
+Unreadable files: in **training** a file that cannot be decoded is reported once with an
+:class:`UnreadableImageWarning` naming it and the sample is replaced by the next readable one. In
+**evaluation** no sample is ever replaced (that would count one twice): when the val/test datasets are set up
+every sample is decoded once, and unreadable ones make set-up fail with one sentence listing them
+(``eval_unreadable: error``, the default) or are left out with a warning (``eval_unreadable: exclude``); the
+count left out is ``excluded[split]`` and ``split_info()[split]["excluded"]``. A mask whose size differs from
+its image is a :class:`~visionzoo.errors.DatasetError` naming the file (checked at load time, and on the first
+samples of each split by ``check()``).
 
-k-fold splits (:func:`kfold_indices`): names are sorted; with a ``split_seed`` they are permuted by
-``numpy.random.default_rng(split_seed)`` and cut into ``num_folds`` near-equal folds (each sample is in
-exactly one validation fold); with ``split_seed: null`` the sorted names are cut into contiguous folds of
-``n // num_folds`` (QTSeg's protocol: the last ``n % num_folds`` samples are always training samples).
+Splits (:mod:`.splits`, the only place they are decided): three disjoint sets -- ``train``, ``val`` (checkpoint
+selection) and ``test`` (evaluated once). ``split_info()`` gives ``{split: {"size", "sha256", "source",
+"excluded"}}`` for run provenance (``sha256`` of the split's sorted sample names and root-relative files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,7 @@ from ...errors import ConfigError, DatasetError
 from .._base import _positive_int, to_plain
 from ..folder import UnreadableImageWarning, load_rgb
 from ..loaders import SplitLoadersMixin
+from .splits import ValHoldout, check_fold, kfold_split, official_split
 from .transforms import (
     EVAL_RESIZE_MODES,
     RESIZE_MODES,
@@ -62,6 +68,9 @@ SEG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 #: Mean/std when ``set_data_config`` is never called (timm's ImageNet defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: what evaluation does with a file that cannot be decoded (see the module docstring)
+EVAL_UNREADABLE = ("error", "exclude")
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, cv2.error)
 
@@ -137,63 +146,6 @@ def pair_masks(
     return samples
 
 
-# ---------------------------------------------------------------------------------------------- splits
-def check_fold(fold: Any, num_folds: Any) -> tuple[int, int]:
-    num_folds = _positive_int(num_folds, "data.num_folds")
-    if num_folds < 2:
-        raise ConfigError(f"data.num_folds must be at least 2, got {num_folds}.")
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise ConfigError(
-            f"data.fold must be an integer in [0, {num_folds - 1}] for data.num_folds={num_folds}, got {fold!r}."
-        )
-    return fold, num_folds
-
-
-def kfold_indices(
-    n: int, num_folds: int, fold: int, seed: int | None, groups: Sequence[Any] | None = None
-) -> tuple[list[int], list[int]]:
-    """``(train, val)`` indices of fold ``fold`` over ``n`` samples already sorted by name.
-
-    ``seed``: permute with ``default_rng(seed)`` then cut into near-equal folds; ``None``: contiguous folds
-    of ``n // num_folds`` in sorted order (the remainder always trains). ``groups`` (one key per sample):
-    split every group that way and join the parts (stratified folds, e.g. BUSI's benign/malignant).
-    """
-    if groups is None:
-        groups = [0] * n
-    by_group: dict[Any, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    val: list[int] = []
-    for key in sorted(by_group, key=str):
-        idx = np.asarray(by_group[key])
-        if seed is None:
-            size = len(idx) // num_folds
-            part = idx[fold * size : (fold + 1) * size]
-        else:
-            perm = idx[np.random.default_rng(seed).permutation(len(idx))]
-            part = np.array_split(perm, num_folds)[fold]
-        val.extend(int(i) for i in part)
-    val_set = set(val)
-    return [i for i in range(n) if i not in val_set], sorted(val)
-
-
-def split_by_fold(
-    samples: list[SegSample],
-    fold: int,
-    num_folds: int,
-    seed: int | None,
-    where: str,
-    groups: Sequence[Any] | None = None,
-) -> tuple[list[SegSample], list[SegSample]]:
-    samples = sorted(samples, key=lambda s: s.name) if groups is None else samples
-    if len(samples) < num_folds:
-        raise DatasetError(
-            f"only {len(samples)} labelled images were found under '{where}': a {num_folds}-fold split needs at least {num_folds}."
-        )
-    tr, va = kfold_indices(len(samples), num_folds, fold, seed, groups)
-    return [samples[i] for i in tr], [samples[i] for i in va]
-
-
 # ---------------------------------------------------------------------------------------------- readers
 def image_hw(path: str) -> tuple[int, int]:
     """``(h, w)`` from the file header (no decoding)."""
@@ -212,6 +164,18 @@ def read_binary(path: str, threshold: int = 127) -> np.ndarray:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return (np.asarray(img.convert("L")) > threshold).astype(np.uint8)
+
+
+@contextmanager
+def names_file(path: str) -> Iterator[None]:
+    """Tag a decode error raised inside with ``filename = path`` (PIL leaves it unset for file objects), so the
+    warning or error names the mask that failed rather than its image."""
+    try:
+        yield
+    except _DECODE_ERRORS as err:
+        if not getattr(err, "filename", None):
+            err.filename = path
+        raise
 
 
 class SampleReader:
@@ -245,12 +209,14 @@ class SampleReader:
         h, w = image.shape[:2]
         masks = []
         for path in sample.masks:
-            m = self.decode_mask(path)
+            with names_file(path):
+                m = self.decode_mask(path)
             _check_same_size(path, m.shape[:2], sample.image, (h, w))
             masks.append(m)
         mask = self.merge(masks)
         if sample.fov is not None and self.fov_ignore is not None:
-            fov = read_binary(sample.fov)
+            with names_file(sample.fov):
+                fov = read_binary(sample.fov)
             _check_same_size(sample.fov, fov.shape, sample.image, (h, w))
             mask = mask.copy()
             mask[fov == 0] = self.fov_ignore
@@ -275,6 +241,57 @@ def colour_code(space: str) -> int | None:
     """OpenCV's RGB → ``space`` conversion code (case-insensitive: ``YCrCb``, ``hsv``...), or None."""
     want = f"COLOR_RGB2{space.upper()}"
     return next((getattr(cv2, n) for n in dir(cv2) if n.upper() == want), None)
+
+
+def unreadable_reason(err: BaseException, sample: SegSample) -> tuple[str, str]:
+    """``(the file that failed, a short reason)`` for a decode error of ``sample``."""
+    bad = getattr(err, "filename", None) or sample.image
+    if isinstance(err, UnidentifiedImageError):
+        return str(bad), "not a format PIL can identify"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return str(bad), text
+
+
+#: an unreadable sample: ``(the sample, the file that failed, a short reason)``
+Unreadable = tuple[SegSample, str, str]
+
+
+def find_unreadable(samples: Sequence[SegSample], reader: SampleReader, workers: int = 1) -> list[Unreadable]:
+    """Decode every sample (image and masks) once and return those that fail (threads: PIL and OpenCV decode
+    without the GIL)."""
+
+    def probe(sample: SegSample) -> Unreadable | None:
+        try:
+            reader.load(sample, True)
+        except DatasetError:
+            raise
+        except _DECODE_ERRORS as err:
+            return (sample, *unreadable_reason(err, sample))
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return [r for r in pool.map(probe, samples) if r is not None]
+
+
+def split_fingerprint(samples: Sequence[SegSample], root: Path | None) -> str:
+    """sha256 of the sorted lines ``name<TAB>files`` (paths relative to ``root``): the split's membership."""
+
+    def rel(path: str | None) -> str:
+        if not path:
+            return ""
+        if root is not None and os.path.isabs(path):
+            try:
+                return Path(path).relative_to(root).as_posix()
+            except ValueError:
+                return Path(path).as_posix()
+        return path
+
+    lines = sorted(
+        "\t".join([s.name, rel(s.image), *(rel(m) for m in s.masks), rel(s.fov)])
+        + (f"\t{s.volume_id}:{s.slice_index}" if s.volume_id is not None else "")
+        for s in samples
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- dataset
@@ -322,13 +339,13 @@ class SegmentationDataset(Dataset):
             except DatasetError:
                 raise
             except _DECODE_ERRORS as err:
-                bad = getattr(err, "filename", None) or sample.image
+                bad, reason = unreadable_reason(err, sample)
+                if self.mode == "eval":  # replacing it would count another sample twice
+                    raise DatasetError(
+                        f"file '{bad}' could not be decoded during evaluation ({reason}) although it was readable "
+                        "at set-up: expected the evaluation files to stay unchanged while the run reads them."
+                    ) from err
                 self.bad_files.add(sample.image)
-                reason = (
-                    "not a format PIL can identify"
-                    if isinstance(err, UnidentifiedImageError)
-                    else (str(err).splitlines()[0] if str(err) else type(err).__name__)
-                )
                 warnings.warn(
                     f"skipping unreadable image '{bad}' ({reason}); using the next readable sample instead",
                     UnreadableImageWarning,
@@ -426,6 +443,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         predict_dir: str | os.PathLike | None = None,
         metrics: Sequence[str] | None = None,
         check_samples: int = 2,
+        eval_unreadable: str = "error",
     ) -> None:
         super().__init__()
         self.root = None if root is None or str(root).strip() == "" else Path(os.path.expanduser(str(root)))
@@ -460,6 +478,16 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         self.predict_dir = None if not predict_dir else Path(os.path.expanduser(str(predict_dir)))
         self.metrics = list(metrics) if metrics is not None else ["dice", "iou"]
         self.check_samples = int(check_samples)
+        if eval_unreadable not in EVAL_UNREADABLE:
+            raise ConfigError(
+                f"data.eval_unreadable must be one of {', '.join(EVAL_UNREADABLE)}, got {eval_unreadable!r}."
+            )
+        self.eval_unreadable = eval_unreadable
+        #: files left out of each evaluation split (``eval_unreadable: exclude``), by split
+        self.excluded: dict[str, list[str]] = {}
+        self._eval_samples_cache: dict[str, list[SegSample]] = {}
+        #: one line per split saying where its samples come from (set by ``_discover`` via :mod:`.splits`)
+        self._sources: dict[str, str] = {}
         self.shuffle_seed = 0
         self._model_data_config: dict[str, Any] = {}
         self._splits: dict[str, list[SegSample]] | None = None
@@ -583,6 +611,58 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
             )
         return [SegSample(stem(p), str(p)) for p in files]
 
+    # ------------------------------------------------------------------ evaluation samples, provenance
+    def _probe(self, split: str, samples: list[SegSample]) -> list[Unreadable]:
+        """The samples of ``split`` that cannot be decoded (MSD: its volumes that could not be read)."""
+        return find_unreadable(samples, self._reader(split), self.num_workers)
+
+    def eval_samples(self, split: str) -> list[SegSample]:
+        """The samples ``split`` (val or test) is scored on: every one decodes, none counts twice.
+
+        Unreadable files fail here in one sentence (``eval_unreadable: error``) or are left out with a warning
+        and counted in ``excluded[split]`` (``exclude``)."""
+        if split not in self._eval_samples_cache:
+            samples = self.splits[split]
+            bad = self._probe(split, samples)
+            files = sorted({path: reason for _, path, reason in bad}.items())
+            if bad and self.eval_unreadable == "error":
+                listed = ", ".join(f"'{p}' ({r})" for p, r in files[:10])
+                more = f" and {len(files) - 10} more" if len(files) > 10 else ""
+                raise DatasetError(
+                    f"{len(files)} file(s) of the {split} split cannot be decoded: {listed}{more}; evaluation "
+                    "never replaces a sample, so fix or remove them, or set data.eval_unreadable=exclude to "
+                    "leave them out and report the count."
+                )
+            if bad:
+                warnings.warn(
+                    f"leaving {len(files)} unreadable file(s) out of the {split} split "
+                    f"(data.eval_unreadable=exclude): {', '.join(p for p, _ in files)}",
+                    UnreadableImageWarning,
+                    stacklevel=2,
+                )
+            self.excluded[split] = [p for p, _ in files]
+            dropped = {s.name for s, _, _ in bad}
+            self._eval_samples_cache[split] = [s for s in samples if s.name not in dropped]
+        return self._eval_samples_cache[split]
+
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """``{split: {"size", "sha256", "source", "excluded"}}`` for run provenance: the number of samples
+        scored (val/test: after ``eval_unreadable``), the sha256 of their names and root-relative files, where
+        they come from (the protocol, in words) and how many unreadable files were left out (val/test only;
+        training skips them with a warning as it meets them)."""
+        out: dict[str, dict[str, Any]] = {}
+        for split in ("train", "val", "test"):
+            samples = self.splits[split] if split == "train" else self.eval_samples(split)
+            info: dict[str, Any] = {
+                "size": len(samples),
+                "sha256": split_fingerprint(samples, self.root),
+                "source": self._sources.get(split, f"the {split} split of {self.dataset_name}"),
+            }
+            if split != "train":
+                info["excluded"] = len(self.excluded.get(split, ()))
+            out[split] = info
+        return out
+
     # ------------------------------------------------------------------ datasets
     def _make_dataset(self, split: str) -> SegmentationDataset:
         size = tuple(self.input_size[1:])
@@ -599,7 +679,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
                 self._predict_samples(),
             )
         else:
-            transform, mode, samples = eval_pipeline(size, self.eval_resize), "eval", self.splits[split]
+            transform, mode, samples = eval_pipeline(size, self.eval_resize), "eval", self.eval_samples(split)
         return SegmentationDataset(
             samples, self._reader(split), transform, self.build_normalizer(), size, mode, self.color_space
         )
@@ -611,8 +691,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None:
             self.val_dataset = self._make_dataset("val")
         if stage in (None, "test") and self.test_dataset is None:
-            same = self.splits["test"] is self.splits["val"] and self.val_dataset is not None
-            self.test_dataset = self.val_dataset if same else self._make_dataset("test")
+            self.test_dataset = self._make_dataset("test")
         if stage in (None, "predict") and self.predict_dataset is None:
             self.predict_dataset = self._make_dataset("predict")
 
@@ -641,7 +720,7 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
         return collate_eval
 
     def test_dataloader(self) -> DataLoader:
-        """The official test split where the dataset has labelled test images, else the validation fold."""
+        """The test split of the dataset's protocol (:mod:`.splits`): never the validation split."""
         return self._loader(self._dataset("test_dataset", "test"), train=False)
 
     def predict_dataloader(self) -> DataLoader:
@@ -650,35 +729,46 @@ class SegmentationDataModule(SplitLoadersMixin, L.LightningDataModule):
 
 
 class KFoldMixin:
-    """Datasets without an official split: k-fold over sorted names; test = the validation fold."""
+    """Datasets without an official split (:func:`.splits.kfold_split`): test = fold ``fold`` of ``num_folds``
+    (``split_seed: null``: QTSeg's contiguous folds of the sorted names), val = a seeded ``val_size`` hold-out of
+    the other folds, train = the rest."""
 
-    def _init_folds(self, fold: int, num_folds: int, split_seed: int | None) -> None:
+    _sources: dict[str, str]
+
+    def _init_folds(
+        self, fold: int, num_folds: int, split_seed: int | None, val_size: float | int, val_seed: int
+    ) -> None:
         self.fold, self.num_folds = check_fold(fold, num_folds)
+        if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, int)):
+            raise ConfigError(f"data.split_seed must be an integer or null, got {split_seed!r}.")
         self.split_seed = split_seed
+        self.holdout = ValHoldout.parse(val_size, val_seed)
 
     def _folds(self, samples: list[SegSample], where: str, groups=None) -> dict[str, list[SegSample]]:
-        tr, va = split_by_fold(samples, self.fold, self.num_folds, self.split_seed, where, groups)
-        return {"train": tr, "val": va, "test": va}
+        if groups is None:
+            samples = sorted(samples, key=lambda s: s.name)
+        splits, self._sources = kfold_split(
+            samples, self.fold, self.num_folds, self.split_seed, self.holdout, where, groups
+        )
+        return splits
 
 
-class TrainTestMixin:
-    """Datasets with an official labelled train/test split: ``fold: null`` validates on the official test
-    set (the QTSeg protocol for ISIC 2016 and FIVES, which selects checkpoints on the reported split);
-    ``fold: k`` validates on fold k of the training set and keeps the test set for ``test``."""
+class OfficialSplitMixin:
+    """Datasets with an official labelled test set (:func:`.splits.official_split`): val = a seeded
+    ``val_size`` hold-out of the official training set, test = the official test set."""
 
-    fold: int | None
-    num_folds: int
-    split_seed: int | None
+    _sources: dict[str, str]
 
-    def _init_folds(self, fold: int | None, num_folds: int, split_seed: int | None) -> None:
-        if fold is not None:
-            fold, num_folds = check_fold(fold, num_folds)
-        self.fold, self.num_folds, self.split_seed = fold, int(num_folds), split_seed
+    def _init_holdout(self, val_size: float | int, val_seed: int) -> None:
+        self.holdout = ValHoldout.parse(val_size, val_seed)
 
     def _train_val_test(
-        self, train: list[SegSample], test: list[SegSample], where: str
+        self,
+        train: list[SegSample],
+        test: list[SegSample],
+        where: str,
+        groups: Sequence[Any] | None = None,
+        names: tuple[str, str] = ("the official training set", "the official test set"),
     ) -> dict[str, list[SegSample]]:
-        if self.fold is None:
-            return {"train": train, "val": test, "test": test}
-        tr, va = split_by_fold(train, self.fold, self.num_folds, self.split_seed, where)
-        return {"train": tr, "val": va, "test": test}
+        splits, self._sources = official_split(train, test, self.holdout, where, groups, names)
+        return splits

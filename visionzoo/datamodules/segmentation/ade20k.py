@@ -6,8 +6,14 @@ Layout of ``ADEChallengeData2016.zip`` (``data.root`` = that folder or its paren
     images/validation/ADE_val_00000001.jpg     annotations/validation/ADE_val_00000001.png
 
 Annotations hold 0 (other / unlabelled) and 1..150. Reduce-zero-label (the standard protocol): 0 →
-``ignore_index`` 255 and k → k-1, so ``num_classes`` is 150. Test = the validation split (the test
-images have no public annotations). Train: the short side is resized to ``image_size`` (``resize:
+``ignore_index`` 255 and k → k-1, so ``num_classes`` is 150.
+
+Protocol (Zhou et al. 2017, CVPR; mmsegmentation's ``schedule_160k`` configs): the test images have no public
+annotations, so the reported number is the **final** (160k-iteration) checkpoint's single-scale mIoU on the
+2,000 official validation images -- here the ``test`` split, run with ``test_ckpt: last``. The periodic
+validation during training (checkpoint selection or monitoring) never sees those images: it runs on a seeded
+hold-out of the training images (``val_size: 500``, ``val_seed: 0``), so training uses 19,710 of the 20,210
+(mmseg trains on all of them and monitors on the official val set). Train: the short side is resized to ``image_size`` (``resize:
 shortest``), then the config's ops scale, pad (mask fill 255) and crop to ``image_size``; validation
 images are stretched to ``image_size`` and metrics are taken on the original annotation (``orig_mask``).
 """
@@ -18,6 +24,7 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ._base import (
+    OfficialSplitMixin,
     SampleReader,
     SegmentationDataModule,
     SegSample,
@@ -48,12 +55,21 @@ ADE20K_CLASSES = (
 assert len(ADE20K_CLASSES) == 150
 
 
-class ADE20KDataModule(SegmentationDataModule):
+class ADE20KDataModule(OfficialSplitMixin, SegmentationDataModule):
     dataset_name = "ADE20K (ADEChallengeData2016)"
     ignore_index = 255
 
-    def __init__(self, root=None, image_size=512, resize: str = "shortest", **kwargs) -> None:
+    def __init__(
+        self,
+        root=None,
+        image_size=512,
+        resize: str = "shortest",
+        val_size: float | int = 500,
+        val_seed: int = 0,
+        **kwargs,
+    ) -> None:
         super().__init__(root=root, image_size=image_size, resize=resize, **kwargs)
+        self._init_holdout(val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -78,5 +94,9 @@ class ADE20KDataModule(SegmentationDataModule):
 
     def _discover(self, root: Path) -> dict[str, list[SegSample]]:
         base = locate(root, "images/training") or root
-        val = self._split(base, "validation")
-        return {"train": self._split(base, "training"), "val": val, "test": val}
+        return self._train_val_test(
+            self._split(base, "training"),
+            self._split(base, "validation"),
+            str(base),
+            names=("images/training", "images/validation (the official val set; test labels are withheld)"),
+        )

@@ -7,11 +7,15 @@ Layout of ``Dataset_BUSI_with_GT`` (in ``data.root`` or as ``data.root`` itself)
     Dataset_BUSI_with_GT/benign/benign (4)_mask_1.png     extra masks of the same image: OR-merged
     Dataset_BUSI_with_GT/malignant/...   Dataset_BUSI_with_GT/normal/...
 
-Protocol of QTSeg (the defaults): the ``normal`` images (empty masks) are dropped (``include_normal:
-true`` keeps them); per class the images are sorted by file name and cut into 5 contiguous folds of
-``n // 5`` (benign 87, malignant 42: the last 2 benign images never validate) — ``split_seed: null``.
-With a ``split_seed`` the folds are drawn per class after a seeded permutation instead. Test = the
-validation fold.
+Protocol (Al-Dhabyani et al. 2020, Data in Brief 28:104863: 780 images, 437 benign / 210 malignant / 133
+normal, no official split; papers use k-fold or random splits and often drop ``normal``), with QTSeg's folds
+as the defaults: the ``normal`` images (empty masks) are dropped (``include_normal: true`` keeps them); per
+class the images are sorted by file name and cut into 5 contiguous folds of ``n // 5`` (benign 87, malignant
+42: the last 2 benign images are never in a test fold) -- ``split_seed: null``; with a ``split_seed`` the folds
+are drawn per class after a seeded permutation instead. Test = fold ``fold`` (129 images, the ones QTSeg
+reports on); val = a seeded 10% hold-out of the other folds, stratified by class (``val_size: 0.1`` → 52:
+35 benign + 17 malignant, ``val_seed: 0``); train = the remaining 466. QTSeg itself validated on (and picked
+its checkpoint by) the fold it reports and trained on all 518 others.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ class BUSIDataModule(KFoldMixin, SegmentationDataModule):
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int | None = None,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.include_normal = bool(include_normal)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:

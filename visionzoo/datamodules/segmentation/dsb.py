@@ -5,7 +5,11 @@ Layout of ``stage1_train.zip`` extracted into ``data.root/stage1_train`` (or as 
     stage1_train/<id>/images/<id>.png     RGBA (alpha dropped), 670 images of varied sizes
     stage1_train/<id>/masks/<mask_id>.png one binary mask per nucleus instance: OR-merged
 
-Split as in QTSeg: ids sorted, 5 contiguous folds of 134 (``split_seed: null``); test = validation fold.
+Protocol (Caicedo et al. 2019, Nat. Methods 16:1247: 670 labelled stage-1 training images; papers split them
+at random), with QTSeg's folds as the defaults: ids sorted, 5 contiguous folds of 134 (``split_seed: null``);
+test = fold ``fold`` (134, the images QTSeg reports on), val = a seeded 10% hold-out of the other folds
+(``val_size: 0.1`` → 54, ``val_seed: 0``), train = the remaining 482. QTSeg itself validated on (and picked its
+checkpoint by) the fold it reports and trained on all 536 others.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ class DSB2018DataModule(KFoldMixin, SegmentationDataModule):
     dataset_name = "DSB 2018 stage 1"
 
     def __init__(
-        self, root=None, fold: int = 0, num_folds: int = 5, split_seed: int | None = None, **kwargs
+        self,
+        root=None,
+        fold: int = 0,
+        num_folds: int = 5,
+        split_seed: int | None = None,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
+        **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:

@@ -2,16 +2,23 @@
 
 Layouts (``images_dir``/``masks_dir`` rename the two folders)::
 
-    ROOT/images/<name>.<ext>           + ROOT/masks/<name><mask_suffix>.<ext>     → k-fold split
-    ROOT/images/{train,val[,test]}/... + ROOT/masks/{train,val[,test]}/...       → the given splits
+    ROOT/images/<name>.<ext>        + ROOT/masks/<name><mask_suffix>.<ext>   → k-fold split
+    ROOT/images/{train,val,test}/... + ROOT/masks/{train,val,test}/...      → the given splits
+    ROOT/images/{train,val}/...      + ROOT/masks/{train,val}/...           → val folder = test (see below)
 
 Masks (``mask_mode``): ``index`` (default) — single-channel PNGs (grayscale or palette) whose pixel
 values are class indices into ``classes`` (an RGB mask whose three channels are equal is read as
 grayscale); ``binary`` — 8-bit masks thresholded at > 127 into ``[background, foreground]``.
 ``reduce_zero_label: true`` maps 0 → ``ignore_index`` (255) and k → k-1 (the ADE20K convention).
 A label outside ``0..len(classes)-1`` that is not ``ignore_index`` is a DatasetError naming the file.
-Without split folders: k-fold (sorted names, ``split_seed``, ``data.fold``); test = the validation fold
-when there is no test folder.
+
+Protocol (:mod:`.splits`; train, val and test are always disjoint):
+
+* ``train/``, ``val/`` and ``test/`` folders: used as they are (val selects checkpoints, test is scored once);
+* only ``train/`` and ``val/``: a given "val" folder is usually the set a benchmark reports on, so it becomes
+  the **test** split, and validation is a seeded hold-out of ``train/`` (``val_size: 0.1``, ``val_seed: 0``);
+* no split folders: ``num_folds``-fold over the sorted names (``split_seed: 0``; null = contiguous folds);
+  test = fold ``fold``, val = a seeded ``val_size`` hold-out of the other folds, train = the rest.
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ from PIL import Image
 
 from ...errors import ConfigError, DatasetError
 from ._base import (
+    KFoldMixin,
+    OfficialSplitMixin,
     SampleReader,
     SegmentationDataModule,
     SegSample,
-    check_fold,
     list_files,
     pair_masks,
     require_dir,
-    split_by_fold,
 )
 
 
@@ -82,7 +89,7 @@ class IndexMaskReader(SampleReader):
         return masks[0]
 
 
-class SegFolderDataModule(SegmentationDataModule):
+class SegFolderDataModule(KFoldMixin, OfficialSplitMixin, SegmentationDataModule):
     dataset_name = "a segmentation folder"
 
     def __init__(
@@ -101,6 +108,8 @@ class SegFolderDataModule(SegmentationDataModule):
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int | None = 0,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
@@ -121,8 +130,7 @@ class SegFolderDataModule(SegmentationDataModule):
         self.reduce_zero_label = bool(reduce_zero_label)
         self.ignore_index = 255 if reduce_zero_label and ignore_index is None else ignore_index
         self.split_names = (train_split, val_split, test_split)
-        self.fold, self.num_folds = check_fold(fold, num_folds)
-        self.split_seed = split_seed
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -147,16 +155,24 @@ class SegFolderDataModule(SegmentationDataModule):
         images, masks = root / self.images_dir, root / self.masks_dir
         train, val, test = self.split_names
         require_dir(images, self._layout())
-        if (images / train).is_dir():
-            splits = {
-                "train": self._pairs(images / train, masks / train),
-                "val": self._pairs(images / val, masks / val),
+        if not (images / train).is_dir():
+            return self._folds(self._pairs(images, masks), str(root))
+        given = {
+            "train": self._pairs(images / train, masks / train),
+            "val": self._pairs(images / val, masks / val),
+        }
+        if (images / test).is_dir():
+            given["test"] = self._pairs(images / test, masks / test)
+            self._sources = {
+                k: f"{self.images_dir}/{self.split_names[i]}/ (given)" for i, k in enumerate(given)
             }
-            splits["test"] = (
-                self._pairs(images / test, masks / test) if (images / test).is_dir() else splits["val"]
-            )
-            return splits
-        tr, va = split_by_fold(
-            self._pairs(images, masks), self.fold, self.num_folds, self.split_seed, str(root)
+            return given
+        return self._train_val_test(
+            given["train"],
+            given["val"],
+            str(images / train),
+            names=(
+                f"{self.images_dir}/{train}/",
+                f"{self.images_dir}/{val}/ (the given val folder, used as test)",
+            ),
         )
-        return {"train": tr, "val": va, "test": va}

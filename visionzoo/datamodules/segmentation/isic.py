@@ -7,10 +7,14 @@ Layout of the official archives, each extracted into ``data.root`` (or into one 
     ISBI2016_ISIC_Part1_Test_Data/ISIC_0000003.jpg                379 images
     ISBI2016_ISIC_Part1_Test_GroundTruth/ISIC_0000003_Segmentation.png
 
-Masks are 8-bit (0/255), thresholded at > 127. Split: the official 900/379; ``fold: null`` (default)
-validates on the test set as QTSeg does; ``fold: k`` validates on fold k of the training images. QTSeg
-converts ISIC images to YCrCb (``color_space: YCrCb``) and scales each image to [-1, 1] (``normalize:
-minmax``); the shipped config keeps RGB and the model's mean/std.
+Masks are 8-bit (0/255), thresholded at > 127.
+
+Protocol (Gutman et al. 2016, arXiv:1605.01397: the challenge releases 900 training and 379 test images and no
+validation set): validation = a seeded hold-out of the official Training set (``val_size: 0.1`` → 90 images,
+``val_seed: 0``; unstratified, Part 1 carries no class labels), train = the other 810, test = the 379 official
+Test images, scored once. QTSeg selected its checkpoint on the Test set itself; we do not. QTSeg converts ISIC
+images to YCrCb (``color_space: YCrCb``) and scales each image to [-1, 1] (``normalize: minmax``); the shipped
+data config keeps RGB and the model's mean/std.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ._base import (
+    OfficialSplitMixin,
     SegmentationDataModule,
     SegSample,
-    TrainTestMixin,
     list_files,
     locate,
     pair_masks,
@@ -31,14 +35,12 @@ from ._base import (
 PREFIX = "ISBI2016_ISIC_Part1_"
 
 
-class ISIC2016DataModule(TrainTestMixin, SegmentationDataModule):
+class ISIC2016DataModule(OfficialSplitMixin, SegmentationDataModule):
     dataset_name = "ISIC 2016 part 1"
 
-    def __init__(
-        self, root=None, fold: int | None = None, num_folds: int = 5, split_seed: int | None = 0, **kwargs
-    ) -> None:
+    def __init__(self, root=None, val_size: float | int = 0.1, val_seed: int = 0, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_holdout(val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -65,4 +67,9 @@ class ISIC2016DataModule(TrainTestMixin, SegmentationDataModule):
 
     def _discover(self, root: Path) -> dict[str, list[SegSample]]:
         base = locate(root, f"{PREFIX}Training_Data") or root
-        return self._train_val_test(self._split(base, "Training"), self._split(base, "Test"), str(base))
+        return self._train_val_test(
+            self._split(base, "Training"),
+            self._split(base, "Test"),
+            str(base),
+            names=(f"{PREFIX}Training_Data", f"{PREFIX}Test_Data (the official test set)"),
+        )

@@ -22,8 +22,13 @@ normalised with the model's mean/std; MRI channels are z-scored per volume over 
 used as they are (``normalize: none`` unless the config says otherwise). A single channel is repeated to 3
 (``in_chans`` 3); multi-modal MRI keeps its modalities as channels (``in_chans`` = their number).
 
-Split: no labelled test set, so deterministic k-fold over volume ids (sorted, ``split_seed`` 0,
-``data.fold``); all slices of a volume stay in one fold. Training uses every slice
+Protocol (Antonelli et al. 2022, Nat. Commun. 13:4128: the test volumes' labels are withheld; papers
+cross-validate over the training volumes, e.g. nnU-Net's 5 folds, Isensee et al. 2021, Nat. Methods 18:203):
+5-fold over the volume ids (sorted, permuted with ``split_seed: 0``); test = the volumes of fold ``fold``, val =
+a seeded 10% hold-out of the other folds' volumes (``val_size: 0.1``, at least one volume, ``val_seed: 0``),
+train = the rest -- e.g. Task09_Spleen's 41 volumes: test 9, val 3, train 29. All slices of a volume stay in
+one split. A volume nibabel cannot read is skipped with a warning in training and handled by
+``eval_unreadable`` in val/test (its file is what ``excluded`` counts). Training uses every slice
 (``train_slices: foreground`` keeps only slices with a label). Validation/test batches carry
 ``volume_id`` and ``slice_index`` (slices of a volume are consecutive) so the task can score whole
 volumes; ``volume_spacing[volume_id]`` holds the voxel size (mm, canonical X, Y, Z).
@@ -34,13 +39,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError, DatasetError
-from ._base import KFoldMixin, SampleReader, SegmentationDataModule, SegSample, split_by_fold
+from ..folder import UnreadableImageWarning
+from ._base import KFoldMixin, SampleReader, SegmentationDataModule, SegSample, Unreadable
 from .transforms import Normalizer
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -54,6 +62,13 @@ def _nibabel():
             "reading Medical Segmentation Decathlon volumes needs nibabel, which is not importable: pip install nibabel."
         ) from err
     return nibabel
+
+
+def volume_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged NIfTI file raises (truncated or corrupt gzip, a bad header)."""
+    from nibabel.filebasedimages import ImageFileError
+
+    return (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 
 
 def volume_id(path: str | Path) -> str:
@@ -132,6 +147,17 @@ def cache_volume(
     return meta
 
 
+def _which_fails(image: Path, label: Path | None) -> Path:
+    """The file of a volume pair that nibabel cannot read (the image when both or neither fail)."""
+    if label is None:
+        return image
+    try:
+        np.asanyarray(_nibabel().load(str(image)).dataobj)
+    except volume_errors():
+        return image
+    return label
+
+
 class MSDReader(SampleReader):
     """Slices out of the ``.npy`` cache, intensity-normalised per modality (see the module docstring)."""
 
@@ -188,13 +214,15 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int | None = 0,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
         ct_window=(-175.0, 250.0),
         train_slices: str = "all",
         cache_dir: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
         window = tuple(float(v) for v in ct_window)
         if len(window) != 2 or window[0] >= window[1]:
             raise ConfigError(
@@ -208,6 +236,9 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
         self._info: dict[str, Any] | None = None
         self._volumes: list[tuple[str, Path, Path]] = []
         self.volume_spacing: dict[str, tuple[float, float, float]] = {}
+        #: volumes nibabel could not read: id -> (file, reason)
+        self.unreadable_volumes: dict[str, tuple[str, str]] = {}
+        self._unreadable_in: dict[str, list[Unreadable]] = {}
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -271,7 +302,10 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
         if self.check_samples > 0:
             nib = _nibabel()
             for _vid, image, label in volumes[: self.check_samples]:
-                ishape, lshape = nib.load(str(image)).shape[:3], nib.load(str(label)).shape[:3]
+                try:
+                    ishape, lshape = nib.load(str(image)).shape[:3], nib.load(str(label)).shape[:3]
+                except volume_errors():
+                    continue  # an unreadable volume is reported when it is cached
                 if ishape != lshape:
                     raise DatasetError(
                         f"label volume '{label}' is {'×'.join(map(str, lshape))} voxels but its image '{image}' is "
@@ -291,8 +325,19 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
         """Cache every training volume as ``.npy`` (rank 0; fast when the cache is up to date)."""
         self.check()
         cache = self._cache_root()
+        errors = volume_errors()
         for vid, image, label in self._volumes:
-            meta = cache_volume(image, label, cache, self.num_classes)
+            try:
+                meta = cache_volume(image, label, cache, self.num_classes)
+            except DatasetError:
+                raise
+            except errors as err:
+                bad = getattr(err, "filename", None) or _which_fails(image, label)
+                self.unreadable_volumes[vid] = (
+                    str(bad),
+                    str(err).splitlines()[0] if str(err) else type(err).__name__,
+                )
+                continue
             self.volume_spacing[vid] = tuple(meta["spacing"])
 
     def _slices(self, vids: list[str], cache: Path, foreground_only: bool = False) -> list[SegSample]:
@@ -308,13 +353,31 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
     def splits(self) -> dict[str, list[SegSample]]:
         if self._splits is None:
             self.prepare_data()
-            ids = [SegSample(vid, vid) for vid, _, _ in self._volumes]
-            tr, va = split_by_fold(ids, self.fold, self.num_folds, self.split_seed, str(self.root))
+            ids = [
+                SegSample(vid, vid) for vid, _, _ in self._volumes
+            ]  # every listed volume: folds never shift
+            by_split = self._folds(ids, str(self.root))
             cache = self._cache_root()
-            train = self._slices([s.name for s in tr], cache, self.train_slices == "foreground")
-            val = self._slices([s.name for s in va], cache)
-            self._splits = {"train": train, "val": val, "test": val}
+            out = {}
+            for split, vols in by_split.items():
+                bad = [v for v in vols if v.name in self.unreadable_volumes]
+                if bad and split == "train":
+                    for v in bad:
+                        path, reason = self.unreadable_volumes[v.name]
+                        warnings.warn(
+                            f"skipping unreadable training volume '{path}' ({reason})",
+                            UnreadableImageWarning,
+                            stacklevel=2,
+                        )
+                self._unreadable_in[split] = [(v, *self.unreadable_volumes[v.name]) for v in bad]
+                good = [v.name for v in vols if v.name not in self.unreadable_volumes]
+                fg = split == "train" and self.train_slices == "foreground"
+                out[split] = self._slices(good, cache, fg)
+            self._splits = out
         return self._splits
+
+    def _probe(self, split: str, samples: list[SegSample]) -> list[Unreadable]:
+        return self._unreadable_in.get(split, [])  # slices come from the cache, written from readable volumes
 
     def _reader(self, split: str) -> SampleReader:
         cache = self._cache_root() / ("predict" if split == "predict" and self.predict_dir else "")

@@ -5,8 +5,10 @@ Kvasir-SEG (``kvasir-seg.zip``, extracted into ``data.root`` or as ``data.root``
     Kvasir-SEG/images/<id>.jpg    1000 images
     Kvasir-SEG/masks/<id>.jpg     same names, JPEG masks thresholded at > 127
 
-No official split: deterministic k-fold (sorted names, permuted with ``split_seed`` 0, ``data.fold``);
-the test split is the validation fold.
+Protocol (Jha et al. 2020, MMM, "Kvasir-SEG: A Segmented Polyp Dataset": 1,000 images, no official split;
+papers use random 880/120 or 900/100 splits or k-fold): 5-fold over the sorted names permuted with
+``split_seed: 0``; test = fold ``fold`` (200 images), val = a seeded 10% hold-out of the other folds
+(``val_size: 0.1`` → 80, ``val_seed: 0``), train = the remaining 720.
 
 BKAI-IGH NeoPolyp-Small (the Kaggle competition archive)::
 
@@ -15,8 +17,13 @@ BKAI-IGH NeoPolyp-Small (the Kaggle competition archive)::
 
 Masks are decoded in HSV (JPEG colours are noisy): red is hue ≤ 10 or ≥ 160, green 36..70, both with
 saturation ≥ 100 and value ≥ 20. Labels as in QTSeg: 0 background, 1 non-neoplastic (green), 2 neoplastic
-(red). ``three_class: false`` (default, QTSeg's protocol) merges them into one polyp class. Split as in
-QTSeg: sorted names, 5 contiguous folds of 200 (``split_seed: null``); test = validation fold. The
+(red). ``three_class: false`` (default, QTSeg's protocol) merges them into one polyp class.
+
+Protocol (Ngoc Lan et al. 2021, NeoUNet, ISVC: 1,000 labelled images, the 200 test images' masks are hidden on
+Kaggle, so papers split the 1,000): QTSeg's folds -- sorted names, 5 contiguous folds of 200
+(``split_seed: null``); test = fold ``fold`` (the images QTSeg reports on), val = a seeded 10% hold-out of the
+other four folds (``val_size: 0.1`` → 80, ``val_seed: 0``), train = the remaining 720. QTSeg itself
+validated on (and picked its checkpoint by) the fold it reports and trained on all 800 others. The
 competition's ``test/test`` images have no public masks (use ``data.predict_dir`` for them).
 """
 
@@ -44,10 +51,17 @@ class KvasirSEGDataModule(KFoldMixin, SegmentationDataModule):
     dataset_name = "Kvasir-SEG"
 
     def __init__(
-        self, root=None, fold: int = 0, num_folds: int = 5, split_seed: int | None = 0, **kwargs
+        self,
+        root=None,
+        fold: int = 0,
+        num_folds: int = 5,
+        split_seed: int | None = 0,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
+        **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -101,11 +115,13 @@ class BKAIPolypDataModule(KFoldMixin, SegmentationDataModule):
         fold: int = 0,
         num_folds: int = 5,
         split_seed: int | None = None,
+        val_size: float | int = 0.1,
+        val_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.three_class = bool(three_class)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_folds(fold, num_folds, split_seed, val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:

@@ -11,13 +11,20 @@ DRIVE (``data.root`` = the ``DRIVE`` folder or its parent)::
     training/images/21_training.tif      training/1st_manual/21_manual1.gif    training/mask/21_training_mask.gif
     test/images/01_test.tif              test/1st_manual/01_manual1.gif        test/mask/01_test_mask.gif
 
-Both are binary (background, vessel). Splits: the official train/test; ``fold: null`` (default)
-validates on the test set (QTSeg's protocol for FIVES); ``fold: k`` validates on fold k of the training
-images. DRIVE's field of view: in validation/test batches every pixel outside the FOV mask gets
+Both are binary (background, vessel). Protocol: the official test set is the test split, scored once; the
+releases have no validation set, so validation is a seeded hold-out of the official training set --
+
+* FIVES (Jin et al. 2022, Sci. Data 9:475: 800 images, 600 train / 200 test, 200 per category AMD / DR /
+  glaucoma / normal, the ``A|D|G|N`` name suffix): ``val_size: 0.1`` → 60 images stratified by category (15
+  each), ``val_seed: 0``; QTSeg selected its checkpoint on the test set, we do not;
+* DRIVE (Staal et al. 2004, IEEE TMI 23(4): 20 training / 20 test images, FOV masks): ``val_size: 4``
+  (4 of the 20, ``val_seed: 0``), train on 16.
+
+DRIVE's field of view: in validation/test batches every pixel outside the FOV mask gets
 ``ignore_index`` (255) in both ``mask`` and ``orig_mask``, so the loss and the metrics skip it, as DRIVE
 results are reported inside the FOV; training masks keep those pixels as background (set
-``fov_ignore_train: true`` to ignore them in training as well). Copies of DRIVE without
-``test/1st_manual`` need ``data.fold=k``.
+``fov_ignore_train: true`` to ignore them in training as well). A copy of DRIVE without ``test/1st_manual``
+has no labelled test set and is refused (its protocol tests on the official test images).
 """
 
 from __future__ import annotations
@@ -26,10 +33,10 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ._base import (
+    OfficialSplitMixin,
     SampleReader,
     SegmentationDataModule,
     SegSample,
-    TrainTestMixin,
     list_files,
     locate,
     pair_masks,
@@ -37,14 +44,17 @@ from ._base import (
 )
 
 
-class FIVESDataModule(TrainTestMixin, SegmentationDataModule):
+def category(name: str) -> str:
+    """FIVES' disease category from ``<k>_<A|D|G|N>``: the hold-out is stratified by it."""
+    return name.rsplit("_", 1)[-1].upper() if "_" in name else ""
+
+
+class FIVESDataModule(OfficialSplitMixin, SegmentationDataModule):
     dataset_name = "FIVES"
 
-    def __init__(
-        self, root=None, fold: int | None = None, num_folds: int = 5, split_seed: int | None = 0, **kwargs
-    ) -> None:
+    def __init__(self, root=None, val_size: float | int = 0.1, val_seed: int = 0, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_holdout(val_size, val_seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -65,24 +75,30 @@ class FIVESDataModule(TrainTestMixin, SegmentationDataModule):
 
     def _discover(self, root: Path) -> dict[str, list[SegSample]]:
         base = locate(root, "train/Original") or root
-        return self._train_val_test(self._split(base, "train"), self._split(base, "test"), str(base))
+        train = self._split(base, "train")
+        return self._train_val_test(
+            train,
+            self._split(base, "test"),
+            str(base),
+            groups=[category(s.name) for s in train],
+            names=("train/ (the official training set)", "test/ (the official test set)"),
+        )
 
 
-class DRIVEDataModule(TrainTestMixin, SegmentationDataModule):
+class DRIVEDataModule(OfficialSplitMixin, SegmentationDataModule):
     dataset_name = "DRIVE"
     ignore_index = 255
 
     def __init__(
         self,
         root=None,
-        fold: int | None = None,
-        num_folds: int = 5,
-        split_seed: int | None = 0,
+        val_size: float | int = 4,
+        val_seed: int = 0,
         fov_ignore_train: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
-        self._init_folds(fold, num_folds, split_seed)
+        self._init_holdout(val_size, val_seed)
         self.fov_ignore_train = bool(fov_ignore_train)
 
     @property
@@ -134,11 +150,13 @@ class DRIVEDataModule(TrainTestMixin, SegmentationDataModule):
         base = locate(root, "training/images") or root
         train = self._split(base, "training")
         if not (base / "test" / "1st_manual").is_dir():
-            if self.fold is None:
-                raise DatasetError(
-                    f"folder '{base / 'test' / '1st_manual'}' is missing, so the test images have no labels: "
-                    "set data.fold=0 to validate on a fold of the training images."
-                )
-            splits = self._train_val_test(train, [], str(base))
-            return {**splits, "test": splits["val"]}
-        return self._train_val_test(train, self._split(base, "test"), str(base))
+            raise DatasetError(
+                f"folder '{base / 'test' / '1st_manual'}' is missing, so the official test images have no labels: "
+                "expected DRIVE's test set with its manual annotations, which is what DRIVE results are reported on."
+            )
+        return self._train_val_test(
+            train,
+            self._split(base, "test"),
+            str(base),
+            names=("training/ (the official training set)", "test/ (the official test set)"),
+        )

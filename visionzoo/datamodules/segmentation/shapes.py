@@ -108,9 +108,11 @@ class ShapesDataModule(SegmentationDataModule):
         size = tuple(self.input_size[1:])
         got = self._arrays.get(split)
         if got is None or got[:2] != size:
-            n, seed = (
-                (self.num_samples, self.seed) if split == "train" else (self.num_val_samples, self.seed + 1)
-            )
+            n, seed = {
+                "train": (self.num_samples, self.seed),
+                "val": (self.num_val_samples, self.seed + 1),
+                "test": (self.num_val_samples, self.seed + 2),
+            }[split]
             got = (*size, ArrayReader(*make_shapes(n, size, seed)))
             self._arrays[split] = got
         return got[2]
@@ -118,10 +120,16 @@ class ShapesDataModule(SegmentationDataModule):
     def _discover(self, root: Path) -> dict[str, list[SegSample]]:
         train = [SegSample(f"shapes_train_{i:04d}", str(i)) for i in range(self.num_samples)]
         val = [SegSample(f"shapes_val_{i:04d}", str(i)) for i in range(self.num_val_samples)]
-        return {"train": train, "val": val, "test": val}
+        test = [SegSample(f"shapes_test_{i:04d}", str(i)) for i in range(self.num_val_samples)]
+        self._sources = {
+            "train": f"generated, seed {self.seed}",
+            "val": f"generated, seed {self.seed + 1}",
+            "test": f"generated, seed {self.seed + 2}",
+        }
+        return {"train": train, "val": val, "test": test}
 
     def _reader(self, split: str) -> SampleReader:
-        return self._generated("train" if split == "train" else "val")
+        return self._generated("test" if split == "predict" else split)
 
     def _rebuild_datasets(self) -> None:
         # a new size means new arrays: rebuild the datasets from scratch
