@@ -195,6 +195,12 @@ def test_msd_volumes_have_separate_val_and_test_folds(tmp_path: Path) -> None:
     assert [len(vols[k]) for k in ("train", "val", "test")] == [7, 1, 2]
     assert not (vols["train"] & vols["val"] or vols["train"] & vols["test"] or vols["val"] & vols["test"])
     assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [21, 3, 6]
+    info = dm.split_info()
+    assert [(info[k]["size"], info[k]["volumes"]) for k in ("train", "val", "test")] == [
+        (21, 7),
+        (3, 1),
+        (6, 2),
+    ]
 
 
 # ----------------------------------------------------------------------------------------- unreadable files

@@ -28,7 +28,8 @@ cross-validate over the training volumes, e.g. nnU-Net's 5 folds, Isensee et al.
 a seeded 10% hold-out of the other folds' volumes (``val_size: 0.1``, at least one volume, ``val_seed: 0``),
 train = the rest -- e.g. Task09_Spleen's 41 volumes: test 9, val 3, train 29. All slices of a volume stay in
 one split. A volume nibabel cannot read is skipped with a warning in training and handled by
-``eval_unreadable`` in val/test (its file is what ``excluded`` counts). Training uses every slice
+``eval_unreadable`` in val/test (its file is what ``excluded`` counts); ``split_info()`` counts slices
+(``size``) and ``volumes``. Training uses every slice
 (``train_slices: foreground`` keeps only slices with a label). Validation/test batches carry
 ``volume_id`` and ``slice_index`` (slices of a volume are consecutive) so the task can score whole
 volumes; ``volume_spacing[volume_id]`` holds the voxel size (mm, canonical X, Y, Z).
@@ -375,6 +376,14 @@ class MSDDataModule(KFoldMixin, SegmentationDataModule):
                 out[split] = self._slices(good, cache, fg)
             self._splits = out
         return self._splits
+
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """The base's per-split record (``size`` counts slices) plus ``volumes``, the volumes it holds."""
+        info = super().split_info()
+        for split, entry in info.items():
+            samples = self.splits[split] if split == "train" else self.eval_samples(split)
+            entry["volumes"] = len({s.volume_id for s in samples})
+        return info
 
     def _probe(self, split: str, samples: list[SegSample]) -> list[Unreadable]:
         return self._unreadable_in.get(split, [])  # slices come from the cache, written from readable volumes
