@@ -205,7 +205,7 @@ def test_rerank_of_a_too_large_eval_set_stops_before_training(tmp_path):
         tmp_path / "out",
     )
     with pytest.raises(
-        ConfigError, match=r"re-ranking of the \d+ query \+ gallery images of val_dataset"
+        ConfigError, match=r"re-ranking of the \d+ query \+ gallery images of (val|test)_dataset"
     ) as err:
         run(cfg)
     assert "model.reid.rerank_max_items=5" in str(err.value)
