@@ -259,3 +259,25 @@ def test_market_run_reports_the_final_checkpoint_and_the_selected_one(tmp_path: 
     assert {"test/mAP", "test_best/mAP", "val/mAP"} <= set(metrics)
     assert doc["_splits"]["val"]["sha256"] != doc["_splits"]["test"]["sha256"]
     assert doc["_metrics_from"]["test/"]["evaluated"] == doc["_splits"]["test"]["size"] == 6
+
+
+def test_bad_protocol_settings_are_one_sentence(tmp_path: Path) -> None:
+    makers = [
+        lambda: ImageFolderDataModule(root=tmp_path, val_fraction=1.5),
+        lambda: ImageFolderDataModule(root=tmp_path, eval_corrupt="skip"),
+        lambda: Market1501DataModule(val_id_fraction=-0.1),
+        lambda: DigitsDataModule(val_fraction=0.5, test_fraction=0.5),
+    ]
+    for make in makers:
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert_one_sentence(str(err.value))
+    root = make_folder(tmp_path / "d", splits=("train",), per_class=2)
+    with pytest.raises(ConfigError, match="val_fraction is 0"):
+        ImageFolderDataModule(root=root, val_dir=None, val_fraction=0).check()
+    with pytest.raises(DatasetError, match="leaves none to train on") as err:
+        ImageFolderDataModule(root=root, val_dir=None).split_samples()  # 2 images: 1 val + 1 test + 0 train
+    assert_one_sentence(str(err.value))
+    write_market(tmp_path / "m")
+    with pytest.raises(DatasetError, match="leaves none to train on"):
+        Market1501DataModule(root=tmp_path / "m", val_id_fraction=0.95).check()

@@ -294,9 +294,8 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
         self.re_prob, self.hflip = float(re_prob), float(hflip)
         self.pad = int(pad)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        if isinstance(val_id_fraction, bool) or not isinstance(val_id_fraction, int | float):
-            raise ConfigError(f"data.val_id_fraction must be a number in [0, 1), got {val_id_fraction!r}.")
-        if not 0.0 <= float(val_id_fraction) < 1.0:
+        number = not isinstance(val_id_fraction, bool) and isinstance(val_id_fraction, int | float)
+        if not number or not 0.0 <= float(val_id_fraction) < 1.0:
             raise ConfigError(f"data.val_id_fraction must be a number in [0, 1), got {val_id_fraction!r}.")
         self.val_id_fraction = float(val_id_fraction)
         self.seed = int(seed)
