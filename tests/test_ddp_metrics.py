@@ -89,6 +89,10 @@ def _single_and_ddp(tmp_path: Path, common: list[str]) -> tuple[dict[str, float]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     ddp = json.loads(next((tmp_path / "ddp" / "logs").rglob("metrics.json")).read_text())
+    counted = json.loads((tmp_path / "single" / "metrics.json").read_text()).get("_metrics_from", {})
+    for prefix, info in counted.items():  # images evaluated (summed over ranks): each once, none repeated
+        if isinstance(info, dict) and "evaluated" in info:
+            assert ddp["_metrics_from"][prefix]["evaluated"] == info["evaluated"], prefix
     return single, ddp
 
 
