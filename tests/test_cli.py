@@ -72,7 +72,10 @@ def test_list_json_and_table(capsys):
 def test_info_for_every_zoo_model(capsys, name):
     info = run_json(capsys, "info", name)
     model = timm.create_model(name, device="meta")
-    assert info["params"] == sum(p.numel() for p in model.parameters())
+    frozen = [b for m in model.modules() if getattr(m, "static_buffers", False) for b in m.buffers()]
+    assert info["params"] == sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in frozen)
+    if name.endswith("_llm"):  # the frozen LLM layer's weights are buffers, counted as the model's weights
+        assert frozen
     assert info["gmacs"] > 0 and info["flops_input_size"] == list(model.pretrained_cfg["input_size"])
     assert info["mean"] and info["std"] and info["license"] and info["paper_ids"]
     weights = info["weights"]
