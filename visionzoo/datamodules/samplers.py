@@ -56,12 +56,13 @@ class SeededIndex(int):
 
 
 class SeededDataset(Dataset):
-    """Runs ``dataset[index]`` with torch, numpy and ``random`` seeded from the index's :class:`SeededIndex` seed.
+    """Runs ``dataset[index]`` with torch (CPU), numpy and ``random`` seeded from the index's :class:`SeededIndex` seed.
 
     Augmentation then depends on ``(seed, epoch, position)`` only, not on the worker, the number of workers or where
-    a run was resumed. The caller's RNG states are restored afterwards (with ``num_workers=0`` the data is loaded in
-    the training process). Datasets that keep their own generators derive them from ``torch.initial_seed()``
-    (e.g. the segmentation datasets' albumentations pipelines), which this seeding sets.
+    a run was resumed. Datasets that keep their own generators derive them from ``torch.initial_seed()`` (e.g. the
+    segmentation datasets' albumentations pipelines), which this seeding sets. The states are not restored
+    afterwards (numpy's save and restore alone would cost 90 us a sample): with ``num_workers=0`` the training
+    process's draws are reseeded before each batch anyway (:class:`visionzoo.callbacks.BatchSeed`).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -77,18 +78,13 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         seed = getattr(index, "seed", None)
-        if seed is None:
-            return self.dataset[index]
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        if seed is not None:
+            torch.default_generator.manual_seed(
+                seed
+            )  # CPU only: torch.manual_seed also visits every accelerator
             random.seed(seed)
             np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[int(index)]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        return self.dataset[int(index)]
 
 
 class EpochSampler(DistributedSampler):
