@@ -48,8 +48,9 @@ def rope_2d_rotations(
     """The unit complex rotations ``cos + i sin``, ``(height * width, dim // 2)`` complex64 (during ONNX export:
     the real ``(height * width, dim // 2, 2)`` table of ``(cos, sin)``)."""
     cos, sin = rope_2d_tables(height, width, dim, base, device)
-    if torch.onnx.is_in_onnx_export():
-        return torch.stack([cos, sin], dim=-1)
+    if not torch.jit.is_scripting():  # (TorchScript cannot compile the ONNX check; it never exports here)
+        if torch.onnx.is_in_onnx_export():
+            return torch.stack([cos, sin], dim=-1)
     return torch.complex(cos, sin)
 
 
