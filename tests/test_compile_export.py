@@ -73,18 +73,18 @@ def test_inductor_compile_equals_eager(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_torchscript_equals_eager_or_is_refused_for_the_registered_reason(name):
+def test_torchscript_equals_eager(name):
     from timm.layers import set_scriptable
 
     from visionzoo.models import model_info
 
-    with set_scriptable(True):
-        model = _perturbed(name)
     reason = model_info(name).not_scriptable
     if reason is not None:
-        with pytest.raises(Exception):  # noqa: B017 - the registered reason must stay true
-            torch.jit.script(model)
-        return
+        # make test-timm holds the record true (strict xfail); scripting here would leave half-compiled classes
+        # that break the family's own TorchScript test later in this process
+        pytest.skip(f"registered not scriptable: {reason}")
+    with set_scriptable(True):
+        model = _perturbed(name)
     x = _input(name)
     scripted = torch.jit.script(model)
     with torch.no_grad():
