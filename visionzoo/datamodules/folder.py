@@ -139,6 +139,29 @@ def describe_files(paths: Sequence[str], limit: int = 5) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+def exclude_unreadable(split: str, items: list, path_of: Callable[[Any], str], policy: str, threads: int = 1):
+    """``(kept, bad paths)`` of an evaluation split: with ``policy='fail'`` any unreadable image raises one
+    sentence (an evaluation must not replace an image by another); with ``'exclude'`` they are left out with a
+    warning, so the caller can report how many."""
+    bad = find_unreadable([path_of(item) for item in items], threads=threads)
+    if not bad:
+        return items, []
+    if policy == "fail":
+        raise DatasetError(
+            f"the {split} split holds {len(bad)} unreadable image(s) ({describe_files(bad)}): an evaluation "
+            "must not replace an image by another, so remove or repair them, or set data.eval_corrupt=exclude "
+            "to evaluate without them (metrics.json then reports how many were left out)."
+        )
+    warnings.warn(
+        f"leaving {len(bad)} unreadable image(s) out of the {split} split (data.eval_corrupt=exclude): "
+        f"{describe_files(bad)}",
+        UnreadableImageWarning,
+        stacklevel=3,
+    )
+    bad_set = set(bad)
+    return [item for item in items if path_of(item) not in bad_set], bad
+
+
 def stratified_holdout(
     samples: list[tuple[str, int]], fractions: dict[str, float], seed: int, class_names: Sequence[str]
 ) -> tuple[list[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
@@ -426,24 +449,11 @@ class ImageFolderDataModule(ClassificationDataModule):
         return splits
 
     def _without_unreadable(self, split: str, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        bad = find_unreadable([p for p, _ in samples], threads=max(1, self.num_workers))
-        if not bad:
-            return samples
-        if self.eval_corrupt == "fail":
-            raise DatasetError(
-                f"the {split} split holds {len(bad)} unreadable image(s) ({describe_files(bad)}): an evaluation "
-                "must not replace an image by another, so remove or repair them, or set data.eval_corrupt=exclude "
-                "to evaluate without them (metrics.json then reports how many were left out)."
-            )
-        warnings.warn(
-            f"leaving {len(bad)} unreadable image(s) out of the {split} split (data.eval_corrupt=exclude): "
-            f"{describe_files(bad)}",
-            UnreadableImageWarning,
-            stacklevel=2,
+        kept, bad = exclude_unreadable(
+            split, samples, lambda s: s[0], self.eval_corrupt, threads=max(1, self.num_workers)
         )
-        self._excluded[split] = bad
-        bad_set = set(bad)
-        kept = [s for s in samples if s[0] not in bad_set]
+        if bad:
+            self._excluded[split] = bad
         if not kept:
             raise DatasetError(
                 f"no image of the {split} split could be decoded: expected readable image files."

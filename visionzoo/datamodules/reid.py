@@ -59,8 +59,7 @@ from .folder import (
     DECODE_ERRORS,
     EVAL_CORRUPT,
     UnreadableImageWarning,
-    describe_files,
-    find_unreadable,
+    exclude_unreadable,
     is_image_file,
     load_rgb,
     unreadable_reason,
@@ -387,24 +386,12 @@ class ReIDDataModule(TrainPositionMixin, L.LightningDataModule):
         return query + gallery
 
     def _without_unreadable(self, split: str, records: list[tuple[str, int, int, bool]]) -> list:
-        bad = find_unreadable([r[0] for r in records], threads=max(1, self.num_workers))
-        if not bad:
-            return records
-        if self.eval_corrupt == "fail":
-            raise DatasetError(
-                f"the {split} split holds {len(bad)} unreadable image(s) ({describe_files(bad)}): an evaluation "
-                "must not replace an image by another, so remove or repair them, or set data.eval_corrupt=exclude "
-                "to evaluate without them (metrics.json then reports how many were left out)."
-            )
-        warnings.warn(
-            f"leaving {len(bad)} unreadable image(s) out of the {split} split (data.eval_corrupt=exclude): "
-            f"{describe_files(bad)}",
-            UnreadableImageWarning,
-            stacklevel=2,
+        kept, bad = exclude_unreadable(
+            split, records, lambda r: r[0], self.eval_corrupt, threads=max(1, self.num_workers)
         )
-        self._excluded[split] = bad
-        bad_set = set(bad)
-        return [r for r in records if r[0] not in bad_set]
+        if bad:
+            self._excluded[split] = bad
+        return kept
 
     def split_records(self) -> dict[str, list[tuple[str, int, int, bool]]]:
         """``{"train", "val", "test"}`` -> ``(path, pid, camid, is_query)`` records (train pids relabelled), computed
