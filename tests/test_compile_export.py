@@ -158,3 +158,21 @@ def test_compile_flag_trains_writes_plain_checkpoints_that_resume_and_predict(tm
     with torch.no_grad():
         logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("pick", ["last", "first_and_last", "negative"])
+def test_features_only_at_any_out_indices(name, pick):
+    """timm's features_only with a chosen subset of levels returns exactly those levels (what necks rely on)."""
+    full = create_small(name, features_only=True).eval()
+    n = len(full.feature_info)
+    indices = {"last": (n - 1,), "first_and_last": (0, n - 1), "negative": (-2, -1)}[pick]
+    model = create_small(name, features_only=True, out_indices=indices).eval()
+    want = [full.feature_info.channels()[i] for i in indices]
+    assert model.feature_info.channels() == want
+    with torch.no_grad():
+        feats = model(_input(name, batch=1))
+        ref = full(_input(name, batch=1))
+    assert [f.shape[1] for f in feats] == want
+    for f, i in zip(feats, indices):
+        torch.testing.assert_close(f, ref[i])
