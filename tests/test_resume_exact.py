@@ -20,6 +20,7 @@ import torch
 from hydra_helpers import ROOT, compose_cfg
 
 from tests.test_reid_data import write_market
+from tests.test_reid_task import _tiny_overrides
 from visionzoo.train import run
 
 DIGITS = [
@@ -54,23 +55,10 @@ SHAPES = [
 
 
 def reid(root: Path) -> list[str]:
-    """The tiny Market layout of test_reid_task with its PK sampler (P=4 ids x K=2): 2 steps per epoch."""
-    return [
-        "model=reid_resnet50",
-        "data=market1501",
-        f"data.root={root}",
-        "trainer=cpu",
-        "logger=csv",
-        "test=false",
-        "data.batch_size=8",
-        "data.num_instances=2",
-        "data.eval_batch_size=8",
-        "data.image_size=[32,16]",
-        "+model.kwargs.layers=[1,1,1,1]",
-        "model.attn_positions=[[1,0]]",
-        "model.scheduler.warmup_epochs=1",
-        "trainer.num_sanity_val_steps=0",
-    ]
+    """The tiny Market layout of test_reid_task with its PK sampler (P=4 ids x K=2), at 32x16: 2 steps per epoch."""
+    own = ("trainer.max_epochs=", "data.num_workers=", "data.image_size=")
+    base = [o for o in _tiny_overrides(root) if not o.startswith(own)]
+    return [*base, "test=false", "data.image_size=[32,16]", "trainer.num_sanity_val_steps=0"]
 
 
 class SigtermAfter(L.Callback):
